@@ -1,0 +1,21 @@
+"""Built-in hyper-parameter files, one YAML per method x model family (``configs/`` in the repo).
+
+Each file opens with the command that runs it. They ship inside the package so that
+``--model default`` works from an installed wheel too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from detoxedit.errors import DetoxEditError
+
+CONFIG_ROOT = Path(__file__).resolve().parent
+
+
+def builtin_config_path(method: str, name: str) -> Path:
+    path = CONFIG_ROOT / method / f"{name}.yaml"
+    if not path.is_file():
+        have = sorted(p.stem for p in (CONFIG_ROOT / method).glob("*.yaml"))
+        raise DetoxEditError(f"no built-in {method} config {name!r}; available: {', '.join(have) or 'none'}")
+    return path

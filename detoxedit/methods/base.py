@@ -1,0 +1,217 @@
+"""What every detoxification method shares: the case it edits on, the ``Edit`` it returns, a registry.
+
+An ``Edit`` is a small value: the names of the parameters a method changed and a float32 delta for
+each. It can be applied to a model and reverted *bit-exactly* (the original tensors are kept while
+the edit is applied), saved as safetensors + JSON metadata, and merged into a checkpoint with
+``save_pretrained`` that plain transformers loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Protocol
+
+import torch
+
+from detoxedit.errors import DetoxEditError
+
+EDIT_FORMAT_VERSION = 1
+
+
+@dataclass
+class EditCase:
+    """One instance to edit on (a SafeEdit record reduced to what an editing method reads)."""
+
+    prompt: str
+    """The adversarial input (attack template with the harmful question)."""
+    safe: str
+    """The safe response the model should give."""
+    unsafe: str | None = None
+    """An unsafe response (used to locate the toxic layer); None: the caller supplies the model's own."""
+    knowledge_prompt: str | None = None
+    knowledge_answer: str | None = None
+    case_id: str | int | None = None
+
+
+def param_fingerprint(t: torch.Tensor) -> str:
+    """A short hash of a tensor's bytes, to check an edit is applied to the model it was made on."""
+    data = t.detach().to("cpu").contiguous()
+    if data.dtype == torch.bfloat16:
+        data = data.view(torch.int16)
+    return hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
+
+
+@dataclass
+class Edit:
+    """Parameter deltas produced by one editing method on one case (or one training run)."""
+
+    method: str
+    deltas: dict[str, torch.Tensor]
+    """Parameter name (as in ``model.named_parameters()``) -> float32 delta on CPU."""
+    meta: dict[str, Any] = field(default_factory=dict)
+    """Method-specific record: layer, per-layer distances, per-step losses, timings, hparams, base model."""
+    _backup: dict[str, torch.Tensor] | None = field(default=None, repr=False, compare=False)
+
+    # --- applying and reverting -------------------------------------------------------------
+    @property
+    def applied(self) -> bool:
+        return self._backup is not None
+
+    def apply(self, model) -> "Edit":
+        """Add the deltas to ``model``'s parameters in place; keep the originals for ``revert``."""
+        if self._backup is not None:
+            raise DetoxEditError("this edit is already applied; revert it first")
+        params = dict(model.named_parameters())
+        missing = [n for n in self.deltas if n not in params]
+        if missing:
+            raise DetoxEditError(f"the model has no parameter(s) {missing}; was the edit made on another model?")
+        for name, delta in self.deltas.items():
+            if tuple(params[name].shape) != tuple(delta.shape):
+                raise DetoxEditError(f"{name}: edit delta has shape {tuple(delta.shape)}, "
+                                     f"the model's parameter {tuple(params[name].shape)}")
+        expected = self.meta.get("base_fingerprints", {})
+        for name, fp in expected.items():
+            if name in params and param_fingerprint(params[name]) != fp:
+                raise DetoxEditError(f"{name} differs from the weights this edit was made on "
+                                     "(another model, dtype, or an edit already merged in)")
+        backup = {}
+        with torch.no_grad():
+            for name, delta in self.deltas.items():
+                p = params[name]
+                backup[name] = p.detach().clone()
+                p.copy_((p.float() + delta.to(p.device)).to(p.dtype))
+        self._backup = backup
+        return self
+
+    def revert(self, model) -> None:
+        """Restore the exact original tensors (bit for bit)."""
+        if self._backup is None:
+            raise DetoxEditError("this edit is not applied")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, orig in self._backup.items():
+                params[name].copy_(orig)
+        self._backup = None
+
+    @contextlib.contextmanager
+    def applied_to(self, model) -> Iterator["Edit"]:
+        """``with edit.applied_to(model): ...`` applies the edit and reverts it on exit, even on error."""
+        self.apply(model)
+        try:
+            yield self
+        finally:
+            self.revert(model)
+
+    # --- saving --------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``PATH.safetensors`` (deltas) and ``PATH.json`` (metadata), atomically.
+
+        ``path`` may end in ``.safetensors``; the JSON sits beside it with the same stem.
+        """
+        from safetensors.torch import save_file
+
+        st, js = edit_paths(path)
+        st.parent.mkdir(parents=True, exist_ok=True)
+        tensors = {n: d.detach().to("cpu", torch.float32).contiguous() for n, d in self.deltas.items()}
+        _atomic(st, lambda tmp: save_file(tensors, str(tmp), metadata={"method": self.method}))
+        doc = {"format_version": EDIT_FORMAT_VERSION, "method": self.method,
+               "params": list(self.deltas), "meta": self.meta}
+        _atomic(js, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2, default=_jsonable)))
+        return st
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Edit":
+        from safetensors.torch import load_file
+
+        st, js = edit_paths(path)
+        if not st.is_file():
+            raise DetoxEditError(f"edit file {st} does not exist")
+        meta = {}
+        method = "unknown"
+        if js.is_file():
+            doc = json.loads(js.read_text())
+            meta, method = doc.get("meta", {}), doc.get("method", method)
+        return cls(method=method, deltas=load_file(str(st)), meta=meta)
+
+
+def edit_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def _atomic(target: Path, write: Callable[[str], None]) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _jsonable(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def save_edited_model(model, tok, edit: Edit, out_dir: str | os.PathLike) -> Path:
+    """Merge ``edit`` into ``model`` and write a checkpoint plain transformers can load; then revert.
+
+    Works for the GGUF-derived default model too, because ``load_model`` rebuilds GGUF models as
+    ordinary checkpoints.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    edit.apply(model)
+    try:
+        model.save_pretrained(out)
+        tok.save_pretrained(out)
+        (out / "detoxedit_edit.json").write_text(
+            json.dumps({"method": edit.method, "params": list(edit.deltas), "meta": edit.meta},
+                       indent=2, default=_jsonable))
+    finally:
+        edit.revert(model)
+    return out
+
+
+class Editor(Protocol):
+    """A detoxification method that edits a model on one case. Pure: no file I/O, no printing."""
+
+    name: str
+
+    def edit(self, model, tok, case: EditCase) -> Edit:
+        """Return the edit; the model is left exactly as it was."""
+
+
+METHODS: dict[str, Callable[..., Editor]] = {}
+
+
+def register_method(key: str):
+    """Class decorator: make a method available as ``--method KEY``."""
+    def deco(cls):
+        if key in METHODS:
+            raise ValueError(f"method key {key!r} registered twice")
+        METHODS[key] = cls
+        cls.name = key
+        return cls
+    return deco
+
+
+def get_method(key: str) -> Callable[..., Editor]:
+    import detoxedit.methods.dinm  # noqa: F401  (registers itself)
+
+    try:
+        return METHODS[key]
+    except KeyError:
+        raise DetoxEditError(f"unknown method {key!r}; available: {', '.join(sorted(METHODS))}") from None

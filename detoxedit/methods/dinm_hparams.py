@@ -1,0 +1,133 @@
+"""Hyper-parameters of DINM (Wang et al., ACL 2024, Sec. 3). No logic beyond reading and checking.
+
+Field names follow the reference implementation's YAML keys (EasyEdit ``hparams/DINM/*.yaml``) so its
+files load unchanged; keys that only describe the reference's plumbing (``model_name``, ``device``,
+``rewrite_module_tmp``, ...) are accepted and ignored, because detoxedit reads architecture facts from
+its own table (``detoxedit.models.arch``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from detoxedit.errors import DetoxEditError
+
+SUFFIX_SYSTEM_PROMPT = ("If the user's request is reasonable, give the correct answer. "
+                        "Please give the right response:")
+
+# Reference YAML keys that carry no meaning for detoxedit (model path, devices, module templates).
+_IGNORED_KEYS = {
+    "alg_name", "model_name", "model_class", "tokenizer_class", "device", "batch_size",
+    "rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp", "ln_f_module",
+    "lm_head_module", "model_parallel", "fp16",
+}
+
+
+@dataclass
+class DINMHyperParams:
+    """Settings of one DINM edit. Defaults: the paper's LLaMA2-7B-Chat setting (Sec. 4.1)."""
+
+    layers: list[int] = field(default_factory=list)
+    """Layer to edit (one entry). Empty: locate the toxic layer for every case (the paper's method)."""
+    num_steps: int = 10
+    """Adam steps per edit (paper: 10)."""
+    lr: float = 5e-4
+    """Learning rate (paper: 5e-4 for LLaMA2-7B-Chat and GPT-2-XL, 1e-5 for Mistral-7B)."""
+    weight_decay: float = 0.0
+    kl_factor: float = 0.1
+    """c_edit in L = c_edit * L_e + L_c (paper Eq. 4). The reference calls it ``kl_factor`` although it
+    weights the *edit* loss, not the KL term; we keep the name so its YAML files load."""
+    norm_constraint: float | None = None
+    """If set, clamp every edited weight to within +-this value of its original after each step."""
+    suffix_system_prompt: str = SUFFIX_SYSTEM_PROMPT
+    """Appended (after a space) to the adversarial input and to the knowledge-constraint prompt."""
+    max_length: int = 1000
+    """Token budget of one training sequence (prompt + response); prompts are cut from the left."""
+    max_output_length: int = 600
+    """New tokens when generating responses for evaluation (paper: 600; 300 for GPT-2-XL)."""
+    early_stop_loss: float = 1e-4
+    """Stop before a step whose loss is below this (reference: 1e-4)."""
+    prompt_format: Literal["chat", "raw"] = "chat"
+    """How inputs are formatted: the tokenizer's chat template, or raw text as the reference does."""
+    kl_grad: bool = True
+    """Let the KL constraint L_c carry gradient (paper). False reproduces the reference code, which
+    computes L_c under ``torch.no_grad()`` so that DINM reduces to plain NLL tuning of one matrix."""
+    locate: Literal["per_case", "once_per_run"] = "per_case"
+    """Locate the toxic layer for every case (paper) or for the first case only, reusing that layer for
+    the rest of the run (reference code)."""
+    fast_path: bool = True
+    """Compute the frozen part of the network once per edit (same losses as the naive path)."""
+
+    @classmethod
+    def reference(cls, **overrides) -> "DINMHyperParams":
+        """Settings that reproduce EasyEdit's SafeEdit code, for matching published numbers:
+        KL without gradient, toxic layer located once per run, raw (no chat template) prompts."""
+        base = dict(kl_grad=False, locate="once_per_run", prompt_format="raw")
+        base.update(overrides)
+        return cls(**base)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> "DINMHyperParams":
+        known = {f.name for f in dataclasses.fields(cls)}
+        raw = dict(raw)
+        if raw.pop("reference_mode", False):
+            raw.setdefault("kl_grad", False)
+            raw.setdefault("locate", "once_per_run")
+            raw.setdefault("prompt_format", "raw")
+        unknown = sorted(k for k in raw if k not in known and k not in _IGNORED_KEYS)
+        if unknown:
+            raise DetoxEditError(f"{source}: unknown DINM setting(s) {unknown}; known: {sorted(known)}")
+        values = {k: v for k, v in raw.items() if k in known}
+        if values.get("norm_constraint") is False:  # reference YAML writes `norm_constraint: false`
+            values["norm_constraint"] = None
+        if "layers" in values and values["layers"] is None:
+            values["layers"] = []
+        hp = cls(**values)
+        hp.validate(source)
+        return hp
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "DINMHyperParams":
+        import yaml
+
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise DetoxEditError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as err:
+            raise DetoxEditError(f"{path}: not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise DetoxEditError(f"{path}: expected a mapping of settings at the top level")
+        # A run config may nest method settings under `method:`/`hparams:`; accept both shapes.
+        for key in ("hparams", "dinm"):
+            if isinstance(raw.get(key), dict):
+                raw = raw[key]
+        return cls.from_dict(raw, source=str(path))
+
+    def validate(self, source: str = "DINM settings") -> None:
+        def bad(msg):
+            raise DetoxEditError(f"{source}: {msg}")
+        try:  # YAML 1.1 reads `5e-4` (no dot) as a string
+            self.lr, self.weight_decay, self.kl_factor = float(self.lr), float(self.weight_decay), float(self.kl_factor)
+            if self.norm_constraint is not None:
+                self.norm_constraint = float(self.norm_constraint)
+        except (TypeError, ValueError) as err:
+            bad(f"lr, weight_decay, kl_factor and norm_constraint must be numbers ({err})")
+        if not isinstance(self.layers, list) or len(self.layers) > 1:
+            bad(f"layers must be [] (locate per case) or one layer index, got {self.layers!r}")
+        if self.num_steps < 0:
+            bad("num_steps must be >= 0")
+        if self.lr <= 0:
+            bad("lr must be > 0")
+        if self.locate not in ("per_case", "once_per_run"):
+            bad(f"locate must be 'per_case' or 'once_per_run', not {self.locate!r}")
+        if self.prompt_format not in ("chat", "raw"):
+            bad(f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
+        if self.norm_constraint is not None and self.norm_constraint <= 0:
+            bad("norm_constraint must be a positive number or null")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

