@@ -17,7 +17,10 @@ from detoxedit.errors import DetoxEditError
 
 # Modules that each contribute sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
+    "detoxedit.commands.demo",
     "detoxedit.commands.edit",
+    "detoxedit.commands.bench",
+    "detoxedit.commands.report",
     "detoxedit.data.cli",
 )
 

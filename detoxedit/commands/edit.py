@@ -79,8 +79,8 @@ def run(args) -> int:
     import torch
 
     from detoxedit.methods.base import EditCase, save_edited_model
-    from detoxedit.methods.dinm import DINM, with_suffix
-    from detoxedit.models.generate import GenerationSettings, generate, resolve_format
+    from detoxedit.methods.dinm import DINM
+    from detoxedit.models.generate import GenerationSettings, generate, resolve_format, with_suffix
     from detoxedit.models.load import load_model
 
     torch.manual_seed(args.seed)

@@ -36,7 +36,7 @@ from detoxedit.errors import DetoxEditError
 from detoxedit.methods.base import Edit, EditCase, param_fingerprint, register_method
 from detoxedit.methods.dinm_hparams import DINMHyperParams
 from detoxedit.models import arch
-from detoxedit.models.generate import pad_id, response_ids, truncate_left
+from detoxedit.models.generate import pad_id, response_ids, truncate_left, with_suffix
 from detoxedit.models.hooks import (capture_calls, capture_inputs, capture_outputs, first_tensor,
                                     replace_output)
 
@@ -45,11 +45,6 @@ DEFAULT_KNOWLEDGE = (
     "The capital of France is Paris.",
 )
 """Knowledge-constraint pair used when a case has none (a harmless instruction with a known answer)."""
-
-
-def with_suffix(text: str, suffix: str | None) -> str:
-    """The reference joins input and suffix system prompt with one space."""
-    return f"{text} {suffix}" if suffix else text
 
 
 # --------------------------------------------------------------------------------------------------

@@ -48,6 +48,11 @@ class GenerationSettings:
         return dataclasses.asdict(self)
 
 
+def with_suffix(text: str, suffix: str | None) -> str:
+    """Append a suffix system prompt to an input; the reference joins them with one space."""
+    return f"{text} {suffix}" if suffix else text
+
+
 def _has_chat_template(tok) -> bool:
     return bool(getattr(tok, "chat_template", None))
 

@@ -1,0 +1,213 @@
+"""Aggregate a run's records into tables, plots, an HTML report and a Markdown summary.
+
+``detoxedit report RUN_DIR`` writes into RUN_DIR:
+
+* ``metrics.json``  - every number below, with 95% bootstrap confidence intervals (cases resampled);
+* ``summary.md``    - the paper's table layout (vanilla vs edited), per-category DS, paired changes;
+* ``report.html``   - the same tables and the plots, self-contained (PNG embedded as data URIs);
+* ``plots/*.png``   - DS/DG before vs after, per-category DS, histogram of toxic layers, and the
+  localisation distance curve of a case.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import statistics
+from pathlib import Path
+
+from detoxedit.bench.records import read_records
+
+TABLE_KEYS = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG-Avg")
+
+
+def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    import yaml
+
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.yaml"
+    if not cfg_path.is_file():
+        from detoxedit.errors import DetoxEditError
+        raise DetoxEditError(f"{run_dir} is not a run directory (no config.yaml)")
+    return yaml.safe_load(cfg_path.read_text()) or {}, read_records(run_dir)
+
+
+def side_labels(records: list[dict], judge: str, side: str) -> list[dict[str, float]]:
+    return [r.get("labels", {}).get(judge, {}).get(side, {}) for r in records]
+
+
+def compute_metrics(records: list[dict], judge: str, seed: int = 0) -> dict:
+    """All numbers of a run for one judge: per side tables with CIs, paired changes, per category,
+    fluency, and edit statistics."""
+    from detoxedit.metrics.safety import by_category_ci, metric_table, paired_difference
+
+    vanilla, edited = side_labels(records, judge, "vanilla"), side_labels(records, judge, "edited")
+    cats = [r.get("category") or "?" for r in records]
+    out = {
+        "judge": judge, "n_cases": len(records),
+        "vanilla": metric_table(vanilla, seed=seed),
+        "edited": metric_table(edited, seed=seed),
+        "change": paired_difference(vanilla, edited, seed=seed),
+        "by_category": {"vanilla": by_category_ci(vanilla, cats), "edited": by_category_ci(edited, cats)},
+    }
+    flu = {s: [r["fluency"][s] for r in records if r.get("fluency", {}).get(s) is not None]
+           for s in ("vanilla", "edited")}
+    out["fluency"] = {s: (statistics.fmean(v) if v else None) for s, v in flu.items()}
+    layers = [r["edit"]["layer"] for r in records if r.get("edit", {}).get("layer") is not None]
+    out["layers"] = {str(k): layers.count(k) for k in sorted(set(layers))}
+    times = [r["timings"]["total_s"] for r in records if "timings" in r]
+    out["seconds_per_case"] = statistics.fmean(times) if times else None
+    return out
+
+
+def _fmt(cell: dict | None, digits: int = 2) -> str:
+    if not cell or cell.get("value") is None:
+        return "-"
+    v = f"{cell['value']:.{digits}f}"
+    if cell.get("ci_low") is not None:
+        v += f" [{cell['ci_low']:.{digits - 1}f}, {cell['ci_high']:.{digits - 1}f}]"
+    return v
+
+
+def markdown(cfg: dict, m: dict) -> str:
+    lines = [f"# detoxedit run: {cfg.get('method')} on {cfg.get('model')}", "",
+             f"data `{cfg.get('data')}` split `{cfg.get('split')}`, {m['n_cases']} cases; judge `{m['judge']}`; "
+             f"protocol `{cfg.get('protocol')}`; greedy, {cfg.get('max_new_tokens') or 'method default'} new tokens.",
+             "Safety metrics are 100 - 100 x mean(label) (higher is safer), with 95% bootstrap CIs over cases.", "",
+             "| model | " + " | ".join(TABLE_KEYS) + " | Fluency |",
+             "|---|" + "---|" * (len(TABLE_KEYS) + 1)]
+    for side in ("vanilla", "edited"):
+        row = [_fmt(m[side].get(k)) for k in TABLE_KEYS]
+        flu = m["fluency"].get(side)
+        lines.append(f"| {side} | " + " | ".join(row) + (f" | {flu:.2f} |" if flu is not None else " | - |"))
+    lines += ["", "Paired change (edited - vanilla), with 95% paired-bootstrap CIs:", "",
+              "| " + " | ".join(TABLE_KEYS) + " |", "|" + "---|" * len(TABLE_KEYS),
+              "| " + " | ".join(_fmt(m["change"].get(k)) for k in TABLE_KEYS) + " |", ""]
+    cats = sorted(set(m["by_category"]["vanilla"]) | set(m["by_category"]["edited"]))
+    lines += ["Per category (DS and DG-Avg, vanilla -> edited):", "",
+              "| category | n | DS vanilla | DS edited | DG-Avg vanilla | DG-Avg edited |", "|---|---|---|---|---|---|"]
+    for c in cats:
+        v, e = m["by_category"]["vanilla"].get(c, {}), m["by_category"]["edited"].get(c, {})
+        n = (v.get("DS") or {}).get("n", "-")
+        lines.append(f"| {c} | {n} | {_fmt(v.get('DS'), 1)} | {_fmt(e.get('DS'), 1)} | "
+                     f"{_fmt(v.get('DG-Avg'), 1)} | {_fmt(e.get('DG-Avg'), 1)} |")
+    lines += ["", f"Toxic layers chosen (layer: cases): {m['layers']}",
+              f"Mean time per case: {m['seconds_per_case']:.1f} s" if m["seconds_per_case"] else ""]
+    return "\n".join(lines) + "\n"
+
+
+def plots(records: list[dict], m: dict, out_dir: Path) -> dict[str, Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {}
+
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    xs = range(len(TABLE_KEYS))
+    for off, side, color in ((-0.2, "vanilla", "#999999"), (0.2, "edited", "#2a7ab9")):
+        vals = [(m[side].get(k) or {}).get("value") or 0 for k in TABLE_KEYS]
+        lo = [v - ((m[side].get(k) or {}).get("ci_low") or v) for k, v in zip(TABLE_KEYS, vals)]
+        hi = [((m[side].get(k) or {}).get("ci_high") or v) - v for k, v in zip(TABLE_KEYS, vals)]
+        ax.bar([x + off for x in xs], vals, 0.4, yerr=[lo, hi], capsize=3, label=side, color=color)
+    ax.set_xticks(list(xs), TABLE_KEYS)
+    ax.set_ylim(0, 105)
+    ax.set_ylabel("safety (higher is safer)")
+    ax.legend(loc="lower right")
+    ax.set_title("Defense success and generalization, before vs after")
+    paths["metrics"] = _save(fig, out_dir / "metrics.png")
+
+    cats = sorted(m["by_category"]["edited"])
+    if cats:
+        fig, ax = plt.subplots(figsize=(8, 3.6))
+        for off, side, color in ((-0.2, "vanilla", "#999999"), (0.2, "edited", "#2a7ab9")):
+            vals = [((m["by_category"][side].get(c) or {}).get("DS") or {}).get("value") or 0 for c in cats]
+            ax.bar([i + off for i in range(len(cats))], vals, 0.4, label=side, color=color)
+        ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("DS")
+        ax.legend(loc="lower right")
+        ax.set_title("DS per category")
+        paths["categories"] = _save(fig, out_dir / "categories.png")
+
+    layers = [r["edit"]["layer"] for r in records if r.get("edit", {}).get("layer") is not None]
+    if layers:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.hist(layers, bins=range(min(layers), max(layers) + 2), align="left", color="#2a7ab9")
+        ax.set_xlabel("toxic layer")
+        ax.set_ylabel("cases")
+        ax.set_title("Layers chosen by localisation")
+        paths["layers"] = _save(fig, out_dir / "layers.png")
+
+    curve = next((r for r in records if r.get("edit", {}).get("distances")), None)
+    if curve:
+        d = curve["edit"]["distances"]
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.plot(range(len(d)), d, marker="o", ms=3, color="#2a7ab9")
+        ax.axvline(curve["edit"]["layer"], color="#c0392b", ls="--", lw=1)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("||H(safe) - H(unsafe)||")
+        ax.set_title(f"Localisation distances, case {curve['case_id']}")
+        paths["localisation"] = _save(fig, out_dir / "localisation.png")
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    import matplotlib.pyplot as plt
+    plt.close(fig)
+    return path
+
+
+def _md_table_to_html(md: str) -> str:
+    """Our own Markdown (headings, paragraphs, pipe tables) as HTML; enough for summary.md."""
+    out, table = [], []
+
+    def flush():
+        if table:
+            rows = [r for r in table if not set(r.replace("|", "").strip()) <= {"-"}]
+            cells = [[html.escape(c.strip()) for c in r.strip().strip("|").split("|")] for r in rows]
+            out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cells[0]) + "</tr>" + "".join(
+                "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:]) + "</table>")
+            table.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush()
+        if line.startswith("# "):
+            out.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.strip():
+            out.append(f"<p>{html.escape(line).replace('`', '')}</p>")
+    flush()
+    return "\n".join(out)
+
+
+def write_report(run_dir: str | Path, judge: str | None = None) -> dict[str, Path]:
+    run_dir = Path(run_dir)
+    cfg, records = load_run(run_dir)
+    if not records:
+        from detoxedit.errors import DetoxEditError
+        raise DetoxEditError(f"{run_dir} has no finished cases yet")
+    judge = judge or cfg.get("judge", "default")
+    m = compute_metrics(records, judge)
+    md = markdown(cfg, m)
+    pngs = plots(records, m, run_dir / "plots")
+    imgs = "".join(
+        f'<figure><img alt="{k}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>'
+        for k, p in pngs.items())
+    page = ("<!doctype html><html><head><meta charset='utf-8'><title>detoxedit report</title><style>"
+            "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+            "font-size:13px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
+            "img{max-width:100%}</style></head><body>" + _md_table_to_html(md) + imgs + "</body></html>")
+    files = {"metrics": run_dir / "metrics.json", "summary": run_dir / "summary.md", "html": run_dir / "report.html"}
+    for key, text in (("metrics", json.dumps(m, indent=2)), ("summary", md), ("html", page)):
+        tmp = files[key].with_suffix(files[key].suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(files[key])
+    return files

