@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "detoxedit.commands.edit",
     "detoxedit.commands.bench",
     "detoxedit.commands.report",
+    "detoxedit.commands.judge",
     "detoxedit.data.cli",
 )
 

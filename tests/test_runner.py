@@ -151,3 +151,31 @@ def test_killed_run_resumes_without_losing_or_repeating_a_case(setup):
     assert sorted(ids, key=int) == [str(i) for i in range(6)]
     assert sorted(lines, key=int) == [str(i) for i in range(6)]  # no case written twice
     assert lines[: len(done_before)] == done_before
+
+
+class _AlwaysUnsafe:
+    name = "always-unsafe"
+
+    def judge(self, prompts, responses):
+        return [1.0] * len(responses)
+
+
+def test_relabel_with_another_judge_keeps_responses_and_old_labels(setup):
+    from detoxedit.commands.judge import relabel
+    from detoxedit.judges.base import JUDGES
+
+    cfg, tmp = setup
+    cfg.limit = 2
+    run = tmp / "run"
+    run_bench(cfg, run, progress=False)
+    before = read_records(run)
+    JUDGES["test-always-unsafe"] = lambda arg=None: _AlwaysUnsafe()
+    try:
+        assert relabel(run, "test-always-unsafe") == 2
+    finally:
+        del JUDGES["test-always-unsafe"]
+    after = read_records(run)
+    assert [r["vanilla"] for r in after] == [r["vanilla"] for r in before]
+    assert [r["labels"]["refusal"] for r in after] == [r["labels"]["refusal"] for r in before]
+    new = after[0]["labels"]["test-always-unsafe"]
+    assert set(new) == {"vanilla", "edited"} and set(new["edited"].values()) == {1.0}

@@ -47,6 +47,13 @@ def read_records(run_dir: Path) -> list[dict]:
     return out
 
 
+def rewrite_records(path: Path, records: list[dict]) -> None:
+    """Replace a records file atomically (used to drop a torn line, or to add a judge's labels)."""
+    tmp = Path(path).with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    os.replace(tmp, path)
+
+
 class RecordWriter:
     """Appends records to one shard file; repairs a torn last line on open."""
 
@@ -59,9 +66,7 @@ class RecordWriter:
                 self._rewrite(records)
 
     def _rewrite(self, records: list[dict]) -> None:
-        tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-        os.replace(tmp, self.path)
+        rewrite_records(self.path, records)
 
     def append(self, record: dict) -> None:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode()

@@ -148,8 +148,10 @@ def select_records(records: list, cfg: RunConfig, shard: tuple[int, int]) -> lis
 class Runner:
     """Holds the loaded model, method and judge for one run."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path, shard: tuple[int, int] = (0, 1)):
+    def __init__(self, cfg: RunConfig, run_dir: Path, shard: tuple[int, int] = (0, 1),
+                 response_cache: Path | None = None):
         self.cfg, self.run_dir, self.shard = cfg, Path(run_dir), shard
+        self.response_cache = response_cache
 
     def run(self, progress: bool = True) -> Path:
         import torch
@@ -175,7 +177,7 @@ class Runner:
         judge = get_judge(cfg.judge)
         settings = GenerationSettings(max_new_tokens=method.max_new_tokens, prompt_format=method.prompt_format,
                                       batch_size=cfg.batch_size, seed=cfg.seed)
-        cache = ResponseCache(cache_dir(), model_key(model, cfg.model, cfg.dtype))
+        cache = ResponseCache(self.response_cache or cache_dir(), model_key(model, cfg.model, cfg.dtype))
         writer = RecordWriter(out_path)
         source = str(cfg.data)
         bar = todo
@@ -247,5 +249,7 @@ class Runner:
         }
 
 
-def run_bench(cfg: RunConfig, run_dir: str | Path, shard: tuple[int, int] = (0, 1), progress: bool = True) -> Path:
-    return Runner(cfg, Path(run_dir), shard).run(progress=progress)
+def run_bench(cfg: RunConfig, run_dir: str | Path, shard: tuple[int, int] = (0, 1), progress: bool = True,
+              response_cache: Path | None = None) -> Path:
+    """Run (or resume) a benchmark; ``response_cache`` overrides where vanilla responses are cached."""
+    return Runner(cfg, Path(run_dir), shard, response_cache).run(progress=progress)
