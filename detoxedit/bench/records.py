@@ -36,10 +36,10 @@ def _read_lines(path: Path) -> tuple[list[dict], bool]:
     return records, torn
 
 
-def read_records(run_dir: Path) -> list[dict]:
+def read_records(run_dir: Path, pattern: str = "records*.jsonl") -> list[dict]:
     """All complete records of a run, over every shard file, in file order (first copy of an id wins)."""
     seen, out = set(), []
-    for path in sorted(Path(run_dir).glob("records*.jsonl")):
+    for path in sorted(Path(run_dir).glob(pattern)):
         for rec in _read_lines(path)[0]:
             if rec["case_id"] not in seen:
                 seen.add(rec["case_id"])

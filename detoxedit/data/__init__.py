@@ -1,0 +1,1 @@
+"""SafeEdit records: reading, writing, validating and building benchmark files."""
