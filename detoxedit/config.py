@@ -64,16 +64,9 @@ class RunConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "RunConfig":
-        import yaml
+        from detoxedit.configs import read_yaml_mapping
 
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise DetoxEditError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as err:
-            raise DetoxEditError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise DetoxEditError(f"{path}: expected a mapping of settings")
+        raw = read_yaml_mapping(path)
         raw.pop("versions", None)  # a saved run config carries the versions it ran with
         return cls.from_dict(raw, str(path))
 

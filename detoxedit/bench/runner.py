@@ -64,9 +64,9 @@ def prepare_method(cfg: RunConfig) -> PreparedMethod:
                 path = None
         raw: dict = {}
         if path:
-            import yaml
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-            raw.update(loaded.get("hparams", loaded) if isinstance(loaded, dict) else {})
+            from detoxedit.configs import read_yaml_mapping
+            loaded = read_yaml_mapping(path)
+            raw.update(loaded["hparams"] if isinstance(loaded.get("hparams"), dict) else loaded)
         raw.update(cfg.hparams)
         hparams = hp_cls.from_dict(raw, source=path or "run config hparams")
         cfg.method_config = path

@@ -19,3 +19,18 @@ def builtin_config_path(method: str, name: str) -> Path:
         have = sorted(p.stem for p in (CONFIG_ROOT / method).glob("*.yaml"))
         raise DetoxEditError(f"no built-in {method} config {name!r}; available: {', '.join(have) or 'none'}")
     return path
+
+
+def read_yaml_mapping(path: str | Path) -> dict:
+    """A YAML file whose top level is a mapping; clear errors naming the file otherwise."""
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise DetoxEditError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise DetoxEditError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise DetoxEditError(f"{path}: expected a mapping of settings at the top level")
+    return raw

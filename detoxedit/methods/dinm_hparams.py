@@ -91,16 +91,9 @@ class DINMHyperParams:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "DINMHyperParams":
-        import yaml
+        from detoxedit.configs import read_yaml_mapping
 
-        try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except FileNotFoundError:
-            raise DetoxEditError(f"config file {path} does not exist") from None
-        except yaml.YAMLError as err:
-            raise DetoxEditError(f"{path}: not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise DetoxEditError(f"{path}: expected a mapping of settings at the top level")
+        raw = read_yaml_mapping(path)
         # A run config may nest method settings under `method:`/`hparams:`; accept both shapes.
         for key in ("hparams", "dinm"):
             if isinstance(raw.get(key), dict):
