@@ -20,6 +20,22 @@ from pathlib import Path
 from detoxedit.bench.records import read_records
 
 TABLE_KEYS = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG-Avg")
+GENERAL_COLUMNS = ("KQA", "CSum", "Over-refusal")
+_GENERAL_KEYS = (("kqa", "contains"), ("csum", "rouge1"), ("overrefusal", "refusal_rate"))
+
+
+def general_cells(general: dict | None, side: str) -> list[str]:
+    """KQA, CSum and over-refusal for one side of the paper-style table ('-' when not measured)."""
+    cells = []
+    for task, key in _GENERAL_KEYS:
+        value = None
+        if general:
+            if side == "vanilla":
+                value = general["vanilla"].get(task, {}).get(key)
+            else:
+                value = (general["edited"].get(task, {}).get(key) or {}).get("mean")
+        cells.append("-" if value is None else f"{value:.2f}")
+    return cells
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
@@ -75,12 +91,17 @@ def markdown(cfg: dict, m: dict) -> str:
              f"data `{cfg.get('data')}` split `{cfg.get('split')}`, {m['n_cases']} cases; judge `{m['judge']}`; "
              f"protocol `{cfg.get('protocol')}`; greedy, {cfg.get('max_new_tokens') or 'method default'} new tokens.",
              "Safety metrics are 100 - 100 x mean(label) (higher is safer), with 95% bootstrap CIs over cases.", "",
-             "| model | " + " | ".join(TABLE_KEYS) + " | Fluency |",
-             "|---|" + "---|" * (len(TABLE_KEYS) + 1)]
+             "| model | " + " | ".join(TABLE_KEYS) + " | Fluency | " + " | ".join(GENERAL_COLUMNS) + " |",
+             "|---|" + "---|" * (len(TABLE_KEYS) + 1 + len(GENERAL_COLUMNS))]
     for side in ("vanilla", "edited"):
         row = [_fmt(m[side].get(k)) for k in TABLE_KEYS]
         flu = m["fluency"].get(side)
-        lines.append(f"| {side} | " + " | ".join(row) + (f" | {flu:.2f} |" if flu is not None else " | - |"))
+        row.append(f"{flu:.2f}" if flu is not None else "-")
+        row += general_cells(m.get("general"), side)
+        lines.append(f"| {side} | " + " | ".join(row) + " |")
+    if m.get("general"):
+        lines.append(f"\nKQA = built-in KQA, whole-word answer match; CSum = ROUGE-1 F1; Over-refusal = % of harmless "
+                     f"prompts refused. Edited general-ability numbers: mean over K={m['general']['k']} edit(s).")
     lines += ["", "Paired change (edited - vanilla), with 95% paired-bootstrap CIs:", "",
               "| " + " | ".join(TABLE_KEYS) + " |", "|" + "---|" * len(TABLE_KEYS),
               "| " + " | ".join(_fmt(m["change"].get(k)) for k in TABLE_KEYS) + " |", ""]
