@@ -43,6 +43,18 @@ class ResponseCache:
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             return None
 
+    def generate(self, model, tok, prompts: list[str], settings: GenerationSettings) -> tuple[list[str], int]:
+        """Responses to ``prompts`` (cached ones read, the rest generated in one call and stored), and how
+        many came from the cache."""
+        from detoxedit.models.generate import generate
+
+        found = [self.get(settings, p) for p in prompts]
+        missing = list(dict.fromkeys(p for p, r in zip(prompts, found) if r is None))
+        fresh = dict(zip(missing, generate(model, tok, missing, settings))) if missing else {}
+        for p in missing:
+            self.put(settings, p, fresh[p])
+        return [r if r is not None else fresh[p] for p, r in zip(prompts, found)], sum(r is not None for r in found)
+
     def put(self, settings: GenerationSettings, prompt: str, response: str) -> None:
         path = self._path(settings, prompt)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Iterator
 
 
 def records_path(run_dir: Path, shard: tuple[int, int]) -> Path:
@@ -76,7 +75,3 @@ class RecordWriter:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def iter_labels(record: dict, judge: str, side: str) -> Iterator[tuple[str, float]]:
-    yield from record.get("labels", {}).get(judge, {}).get(side, {}).items()

@@ -35,9 +35,6 @@ from detoxedit.models.generate import GenerationSettings, with_suffix
 
 log = logging.getLogger(__name__)
 
-INPUT_KEYS = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ")
-
-
 @dataclass
 class PreparedMethod:
     editor: object
@@ -189,16 +186,6 @@ class Runner:
             writer.append(rec)
         return out_path
 
-    def _vanilla(self, model, tok, settings, cache, prompts: list[str]) -> tuple[list[str], int]:
-        from detoxedit.models.generate import generate
-
-        found = [cache.get(settings, p) for p in prompts]
-        missing = [p for p, r in zip(prompts, found) if r is None]
-        fresh = dict(zip(missing, generate(model, tok, missing, settings))) if missing else {}
-        for p in missing:
-            cache.put(settings, p, fresh[p])
-        return [r if r is not None else fresh[p] for p, r in zip(prompts, found)], len(prompts) - len(missing)
-
     def run_case(self, model, tok, method: PreparedMethod, judge, settings, cache, record, index, source) -> dict:
         from detoxedit.metrics.fluency import n_gram_entropy
         from detoxedit.models.generate import generate
@@ -209,12 +196,12 @@ class Runner:
         keys = list(inputs)
         post_prompts = [with_suffix(inputs[k], method.suffix) for k in keys]
         pre_prompts = post_prompts if cfg.protocol == "fair" else [inputs[k] for k in keys]
-        vanilla, n_cached = self._vanilla(model, tok, settings, cache, pre_prompts)
+        vanilla, n_cached = cache.generate(model, tok, pre_prompts, settings)
         t_vanilla = time.perf_counter() - t0
 
         case = edit_case(record, source, index)
         if not case.unsafe:  # locate with the model's own answer to the bare adversarial input
-            case.unsafe = self._vanilla(model, tok, settings, cache, [case.prompt])[0][0]
+            case.unsafe = cache.generate(model, tok, [case.prompt], settings)[0][0]
         t1 = time.perf_counter()
         edit = method.editor.edit(model, tok, case)
         t_edit = time.perf_counter() - t1

@@ -69,14 +69,9 @@ class GeneralEvaluator:
         from detoxedit.models.generate import generate
 
         prompts, settings = self.prompts[task], self.settings[task]
-        if not (use_cache and self.cache):
-            return generate(self.model, self.tok, prompts, settings)
-        found = [self.cache.get(settings, p) for p in prompts]
-        missing = [p for p, r in zip(prompts, found) if r is None]
-        fresh = dict(zip(missing, generate(self.model, self.tok, missing, settings))) if missing else {}
-        for p in missing:
-            self.cache.put(settings, p, fresh[p])
-        return [r if r is not None else fresh[p] for p, r in zip(prompts, found)]
+        if use_cache and self.cache:
+            return self.cache.generate(self.model, self.tok, prompts, settings)[0]
+        return generate(self.model, self.tok, prompts, settings)
 
     def evaluate(self, vanilla: bool) -> dict:
         """Scores of the model as it is now (``vanilla``: responses are cached and kept for locality)."""
