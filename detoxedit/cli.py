@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "detoxedit.commands.demo",
     "detoxedit.commands.edit",
     "detoxedit.commands.bench",
+    "detoxedit.commands.train",
     "detoxedit.commands.report",
     "detoxedit.commands.judge",
     "detoxedit.commands.general",

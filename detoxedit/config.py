@@ -51,6 +51,13 @@ class RunConfig:
     seed: int = 0
     save_edits: bool = False
     """Also write every case's Edit (safetensors + JSON) under RUN_DIR/edits/."""
+    artifact: str | None = None
+    """For methods trained on a split first (MEND, SFT, DPO, Ext-Sub): the trained artefact's directory;
+    None: RUN_DIR/artifact. Trained there when missing, reused when present."""
+    train_split: str = "train"
+    """The split such methods learn from (of the same `data`)."""
+    train_limit: int | None = None
+    """Train on only the first N records of `train_split`."""
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "<config>") -> "RunConfig":
@@ -83,6 +90,8 @@ class RunConfig:
             bad("limit must be >= 1")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             bad("max_new_tokens must be >= 1")
+        if self.train_limit is not None and self.train_limit < 1:
+            bad("train_limit must be >= 1")
         if self.batch_size < 1:
             bad("batch_size must be >= 1")
         if self.cases is not None:

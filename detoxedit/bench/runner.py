@@ -20,6 +20,7 @@ asymmetry (suffix only on the edited side).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import platform
 import time
@@ -30,7 +31,7 @@ from detoxedit.bench.cache import ResponseCache, model_key
 from detoxedit.bench.records import RecordWriter, read_records, records_path
 from detoxedit.config import RunConfig
 from detoxedit.errors import DataError, DetoxEditError
-from detoxedit.methods.base import EditCase
+from detoxedit.methods.base import EditCase, needs_training, uses_instance
 from detoxedit.models.generate import GenerationSettings, with_suffix
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class PreparedMethod:
     suffix: str | None
     prompt_format: str
     max_new_tokens: int
+    system_prompt: str | None = None
+    """Given to the edited side only: the method's own system message (Self-Reminder)."""
 
 
 def prepare_method(cfg: RunConfig) -> PreparedMethod:
@@ -72,7 +75,8 @@ def prepare_method(cfg: RunConfig) -> PreparedMethod:
     suffix = getattr(hparams, "suffix_system_prompt", None)
     fmt = cfg.prompt_format or getattr(hparams, "prompt_format", "chat")
     new_tokens = cfg.max_new_tokens or getattr(hparams, "max_output_length", 600)
-    return PreparedMethod(editor, hparams, suffix, fmt, new_tokens)
+    system = getattr(editor, "system_prompt", None)
+    return PreparedMethod(editor, hparams, suffix, fmt, new_tokens, system)
 
 
 def case_inputs(record) -> dict[str, str]:
@@ -149,6 +153,7 @@ class Runner:
                  response_cache: Path | None = None):
         self.cfg, self.run_dir, self.shard = cfg, Path(run_dir), shard
         self.response_cache = response_cache
+        self._shared_edit = None  # the one edit of a method that does not use the instance
 
     def run(self, progress: bool = True) -> Path:
         import torch
@@ -171,6 +176,9 @@ class Runner:
             return out_path
         log.info("%d cases to run (%d already finished)", len(todo), len(done))
         model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
+        if needs_training(method.editor):
+            from detoxedit.bench.training import ensure_artifact
+            ensure_artifact(method, cfg, self.run_dir, model, tok, progress=progress)
         judge = get_judge(cfg.judge)
         settings = GenerationSettings(max_new_tokens=method.max_new_tokens, prompt_format=method.prompt_format,
                                       batch_size=cfg.batch_size, seed=cfg.seed)
@@ -199,25 +207,37 @@ class Runner:
         vanilla, n_cached = cache.generate(model, tok, pre_prompts, settings)
         t_vanilla = time.perf_counter() - t0
 
-        case = edit_case(record, source, index)
-        if not case.unsafe:  # locate with the model's own answer to the bare adversarial input
-            case.unsafe = cache.generate(model, tok, [case.prompt], settings)[0][0]
         t1 = time.perf_counter()
-        edit = method.editor.edit(model, tok, case)
+        instance = uses_instance(method.editor)
+        if instance:
+            case = edit_case(record, source, index)
+            if not case.unsafe:  # locate with the model's own answer to the bare adversarial input
+                case.unsafe = cache.generate(model, tok, [case.prompt], settings)[0][0]
+            edit = method.editor.edit(model, tok, case)
+        else:  # one edit for every case (trained on a split, or a prompt wrapper): computed once
+            if self._shared_edit is None:
+                self._shared_edit = method.editor.edit(model, tok, None)
+            edit = self._shared_edit
         t_edit = time.perf_counter() - t1
 
         t2 = time.perf_counter()
+        post_settings = settings
+        if method.system_prompt is not None:
+            post_settings = dataclasses.replace(settings, system_prompt=method.system_prompt)
         with edit.applied_to(model):
-            edited = generate(model, tok, post_prompts, settings)
+            edited = generate(model, tok, post_prompts, post_settings)
         t_edited = time.perf_counter() - t2
         if cfg.save_edits:
-            edit.save(self.run_dir / "edits" / f"case-{record.id}")
+            target = self.run_dir / "edits" / (f"case-{record.id}" if instance else "shared")
+            if instance or not target.with_name(target.name + ".safetensors").exists():
+                edit.save(target)
 
         t3 = time.perf_counter()
         labels = judge.judge(pre_prompts + post_prompts, vanilla + edited)
         t_judge = time.perf_counter() - t3
         n = len(keys)
         meta = {k: v for k, v in edit.meta.items() if k not in ("hparams", "base_fingerprints")}
+        meta["uses_instance"] = instance
         return {
             "case_id": str(record.id),
             "index": index,

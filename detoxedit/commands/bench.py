@@ -29,6 +29,13 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--save-edits", action="store_true", default=None, help="also save every case's Edit")
+    p.add_argument("--hparam", action="append", default=None, metavar="KEY=VALUE",
+                   help="override one of the method's hyper-parameters (YAML value; repeatable)")
+    p.add_argument("--artifact", default=None,
+                   help="trained methods (mend, sft, dpo, ext-sub): artefact directory to reuse or train into "
+                        "(default: RUN_DIR/artifact)")
+    p.add_argument("--train-split", default=None, help="split trained methods learn from (default: train)")
+    p.add_argument("--train-limit", type=int, default=None, help="train on only the first N records")
 
 
 def register(sub) -> None:
@@ -50,14 +57,32 @@ def build_config(args):
         "method": args.method, "method_config": args.method_config, "data": args.data, "split": args.split,
         "judge": args.judge, "limit": args.limit, "protocol": args.protocol,
         "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": args.seed,
-        "save_edits": args.save_edits,
+        "save_edits": args.save_edits, "artifact": args.artifact, "train_split": args.train_split,
+        "train_limit": args.train_limit,
         "cases": [c.strip() for c in args.cases.split(",") if c.strip()] if args.cases else None,
     }
     for key, value in overrides.items():
         if value is not None:
             setattr(cfg, key, value)
+    if args.hparam:
+        cfg.hparams = {**cfg.hparams, **parse_hparams(args.hparam)}
     cfg.validate("command line")
     return cfg
+
+
+def parse_hparams(items: list[str]) -> dict:
+    """``["lr=1e-4", "layers=[3]"]`` -> ``{"lr": 0.0001, "layers": [3]}`` (values read as YAML)."""
+    import yaml
+
+    from detoxedit.errors import DetoxEditError
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise DetoxEditError(f"--hparam must look like KEY=VALUE, not {item!r}")
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
 
 
 def run(args) -> int:

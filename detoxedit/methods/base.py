@@ -186,12 +186,35 @@ def save_edited_model(model, tok, edit: Edit, out_dir: str | os.PathLike) -> Pat
 
 
 class Editor(Protocol):
-    """A detoxification method that edits a model on one case. Pure: no file I/O, no printing."""
+    """A detoxification method. Pure: no printing; file I/O only in ``save_artifact``/``load_artifact``.
+
+    Two optional class attributes tell the runner what kind of method it is:
+
+    * ``uses_instance`` (default True): ``edit`` learns from the case it is given (DINM, FT-L, MEND).
+      False: the method returns the same edit for every case (SFT, DPO, Ext-Sub, Self-Reminder), so the
+      case may be ``None`` and its DS is not the paper's "defense on the edited instance" (reports mark it).
+    * ``needs_training`` (default False): the method first learns on a train split. It then also has
+
+      - ``fit(model, tok, cases: list[EditCase], progress: bool = False) -> dict`` (a training log;
+        leaves the model's weights as they were),
+      - ``save_artifact(out_dir: Path) -> None`` and ``load_artifact(out_dir: Path) -> None``.
+
+    A method may also set ``system_prompt`` (an attribute, str or None): a system message given to the
+    *edited* side only, because it is the method itself (Self-Reminder), not a formatting choice.
+    """
 
     name: str
 
-    def edit(self, model, tok, case: EditCase) -> Edit:
+    def edit(self, model, tok, case: EditCase | None) -> Edit:
         """Return the edit; the model is left exactly as it was."""
+
+
+def uses_instance(editor) -> bool:
+    return bool(getattr(editor, "uses_instance", True))
+
+
+def needs_training(editor) -> bool:
+    return bool(getattr(editor, "needs_training", False))
 
 
 METHODS: dict[str, Callable[..., Editor]] = {}
@@ -208,9 +231,24 @@ def register_method(key: str):
     return deco
 
 
-def get_method(key: str) -> Callable[..., Editor]:
-    import detoxedit.methods.dinm  # noqa: F401  (registers itself)
+def _import_method_modules() -> None:
+    """Import every method module of this package once (each registers itself on import).
 
+    Done on first lookup, not at package import, so importing ``detoxedit`` has no side effects.
+    """
+    import importlib
+    import pkgutil
+
+    import detoxedit.methods as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        if info.name == "base" or info.name.startswith("_") or info.name.endswith("_hparams"):
+            continue
+        importlib.import_module(f"{pkg.__name__}.{info.name}")
+
+
+def get_method(key: str) -> Callable[..., Editor]:
+    _import_method_modules()
     try:
         return METHODS[key]
     except KeyError:

@@ -1,0 +1,46 @@
+"""``detoxedit train``: train a method that learns on a split first (MEND, SFT, DPO, Ext-Sub).
+
+The artefact (hypernetwork, adapters, fine-tuned weights) is written to ``--out`` with a manifest of
+what it was trained on; ``detoxedit bench --method KEY --artifact DIR`` then reuses it. ``bench``
+also trains on its own when the artefact is missing, so this command is for training once and
+evaluating many times (or on another machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    from detoxedit.commands.bench import add_run_arguments
+
+    p = sub.add_parser("train", help="train MEND / SFT / DPO / Ext-Sub on a split and save the artefact",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(p)
+    p.add_argument("--out", required=True, help="artefact directory (same as bench --artifact)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from detoxedit.bench.runner import prepare_method
+    from detoxedit.bench.training import ensure_artifact
+    from detoxedit.commands.bench import build_config
+    from detoxedit.errors import DetoxEditError
+    from detoxedit.methods.base import needs_training
+    from detoxedit.models.load import load_model
+
+    args.artifact = args.out
+    cfg = build_config(args)
+    method = prepare_method(cfg)
+    if not needs_training(method.editor):
+        raise DetoxEditError(f"method {cfg.method!r} has nothing to train; run it with detoxedit bench")
+    torch.manual_seed(cfg.seed)
+    model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
+    path = ensure_artifact(method, cfg, Path(args.out).parent, model, tok, progress=not args.no_progress)
+    print(f"artefact: {path}\nnext: detoxedit bench --method {cfg.method} --artifact {path} --out RUN_DIR")
+    return 0
