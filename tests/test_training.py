@@ -163,3 +163,17 @@ def test_train_command_writes_an_artifact_bench_reuses(toy, capsys):
     assert main(["train", "--model", cfg.model, "--data", cfg.data, "--method", "dinm",
                  "--out", str(tmp / "x")]) != 0
     assert "method 'dinm' has nothing to train" in capsys.readouterr().err
+
+
+def test_general_ability_of_a_run_uses_its_method_and_artifact(toy):
+    from detoxedit.cli import main
+
+    cfg, tmp = toy
+    run = tmp / "run"
+    run_bench(cfg, run, progress=False)
+    assert main(["general", "--run", str(run), "--tasks", "kqa", "--limit", "2", "--no-progress"]) == 0
+    summary = json.loads((run / "general.json").read_text())
+    assert summary["k"] == 1 and summary["config"]["items"] == {"kqa": 2}
+    recs = [json.loads(line) for line in (run / "general.records.jsonl").read_text().splitlines()]
+    assert [r["case_id"] for r in recs] == ["shared"]
+    assert ToyTrained.calls["fit"] == 1 and ToyTrained.calls["load"] == 1  # the run's artefact, not retrained

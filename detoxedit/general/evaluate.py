@@ -65,19 +65,29 @@ class GeneralEvaluator:
                          for t in cfg.tasks}
         self.vanilla_responses: dict[str, list[str]] = {}
 
-    def _generate(self, task: str, use_cache: bool) -> list[str]:
+    def _generate(self, task: str, use_cache: bool, wrapper=None) -> list[str]:
+        import dataclasses
+
         from detoxedit.models.generate import generate
 
         prompts, settings = self.prompts[task], self.settings[task]
+        if wrapper is not None:  # a prompt-level method (Self-Reminder) is part of the edited model
+            if getattr(wrapper, "post_input", None) is not None:
+                prompts = [wrapper.post_input(p) for p in prompts]
+            if getattr(wrapper, "system_prompt", None) is not None:
+                settings = dataclasses.replace(settings, system_prompt=wrapper.system_prompt)
         if use_cache and self.cache:
             return self.cache.generate(self.model, self.tok, prompts, settings)[0]
         return generate(self.model, self.tok, prompts, settings)
 
-    def evaluate(self, vanilla: bool) -> dict:
-        """Scores of the model as it is now (``vanilla``: responses are cached and kept for locality)."""
+    def evaluate(self, vanilla: bool, wrapper=None) -> dict:
+        """Scores of the model as it is now (``vanilla``: responses are cached and kept for locality).
+
+        ``wrapper``: an editor whose ``system_prompt`` / ``post_input`` belong to the edited model.
+        """
         out = {}
         for task in self.cfg.tasks:
-            responses = self._generate(task, use_cache=vanilla)
+            responses = self._generate(task, use_cache=vanilla, wrapper=wrapper)
             result = task_module(task).score(self.items[task], responses)
             out[task] = {"numbers": _numbers(task, result), "ci": result.get("ci", {}),
                          "responses": responses}
@@ -109,10 +119,11 @@ def aggregate(vanilla: dict, edited: list[dict]) -> dict:
 
 
 def run_general(model, tok, cfg: GeneralConfig, edits: list[tuple[str, object]], out_dir: Path,
-                cache=None, progress: bool = True) -> dict:
+                cache=None, progress: bool = True, wrapper=None) -> dict:
     """Evaluate vanilla and each ``(edit_id, Edit or callable returning an Edit)``; write and return the aggregate.
 
-    A callable is only called for edits not finished in an earlier run.
+    A callable is only called for edits not finished in an earlier run. ``wrapper``: the editor, when its
+    ``system_prompt`` / ``post_input`` are part of the edited model (Self-Reminder).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +143,7 @@ def run_general(model, tok, cfg: GeneralConfig, edits: list[tuple[str, object]],
             continue
         edit = edit() if callable(edit) else edit
         with edit.applied_to(model):
-            res = ev.evaluate(vanilla=False)
+            res = ev.evaluate(vanilla=False, wrapper=wrapper)
         rec = {"case_id": str(edit_id), "layer": edit.meta.get("layer"), "results": res}
         writer.append(rec)
         results.append(rec)
