@@ -38,6 +38,8 @@ class RunConfig:
     """Only the first N cases (after --cases filtering)."""
     cases: list[str] | None = None
     """Only these case ids."""
+    per_category: int | None = None
+    """Only the first N cases of each unsafe category (in file order; before --limit)."""
     judge: str = "default"
     """Safety judge spec: default | refusal | classifier:<id or dir> | llm:<model or URL>."""
     protocol: Literal["fair", "paper"] = "fair"
@@ -86,6 +88,8 @@ class RunConfig:
             bad(f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
         if self.dtype not in ("fp32", "bf16", "fp16", "auto"):
             bad(f"dtype must be fp32, bf16, fp16 or auto, not {self.dtype!r}")
+        if self.per_category is not None and self.per_category < 1:
+            bad("per_category must be >= 1")
         if self.limit is not None and self.limit < 1:
             bad("limit must be >= 1")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:

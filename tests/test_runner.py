@@ -179,3 +179,16 @@ def test_relabel_with_another_judge_keeps_responses_and_old_labels(setup):
     assert [r["labels"]["refusal"] for r in after] == [r["labels"]["refusal"] for r in before]
     new = after[0]["labels"]["test-always-unsafe"]
     assert set(new) == {"vanilla", "edited"} and set(new["edited"].values()) == {1.0}
+
+
+def test_per_category_takes_the_first_cases_of_each_category_before_limit():
+    from detoxedit.bench.runner import select_records
+    from detoxedit.data.safeedit import SafeEditRecord
+
+    recs = [SafeEditRecord.from_dict(record(i)) for i in range(6)]  # categories cycle over 3 of 5 slots
+    cfg = RunConfig(per_category=1)
+    assert [r.id for _, r in select_records(recs, cfg, (0, 1))] == [0, 1, 2]
+    cfg = RunConfig(per_category=2, limit=4)
+    assert [r.id for _, r in select_records(recs, cfg, (0, 1))] == [0, 1, 2, 3]
+    with pytest.raises(DetoxEditError, match="per_category"):
+        RunConfig.from_dict({"per_category": 0})

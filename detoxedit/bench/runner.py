@@ -140,6 +140,15 @@ def select_records(records: list, cfg: RunConfig, shard: tuple[int, int]) -> lis
         missing = wanted - {str(r.id) for _, r in indexed}
         if missing:
             raise DetoxEditError(f"case id(s) not in the data: {sorted(missing)[:10]}")
+    if cfg.per_category is not None:
+        taken: dict[str, int] = {}
+        kept = []
+        for i, r in indexed:
+            cat = r.canonical_category or r.category
+            if taken.get(cat, 0) < cfg.per_category:
+                taken[cat] = taken.get(cat, 0) + 1
+                kept.append((i, r))
+        indexed = kept
     if cfg.limit is not None:
         indexed = indexed[: cfg.limit]
     i, n = shard
@@ -224,8 +233,10 @@ class Runner:
         post_settings = settings
         if method.system_prompt is not None:
             post_settings = dataclasses.replace(settings, system_prompt=method.system_prompt)
+        post_input = getattr(method.editor, "post_input", None)  # edited side only (Self-Reminder)
+        edited_prompts = [post_input(p) for p in post_prompts] if post_input else post_prompts
         with edit.applied_to(model):
-            edited = generate(model, tok, post_prompts, post_settings)
+            edited = generate(model, tok, edited_prompts, post_settings)
         t_edited = time.perf_counter() - t2
         if cfg.save_edits:
             target = self.run_dir / "edits" / (f"case-{record.id}" if instance else "shared")
@@ -233,7 +244,7 @@ class Runner:
                 edit.save(target)
 
         t3 = time.perf_counter()
-        labels = judge.judge(pre_prompts + post_prompts, vanilla + edited)
+        labels = judge.judge(pre_prompts + edited_prompts, vanilla + edited)
         t_judge = time.perf_counter() - t3
         n = len(keys)
         meta = {k: v for k, v in edit.meta.items() if k not in ("hparams", "base_fingerprints")}

@@ -24,6 +24,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--judge", default=None, help="default | refusal | classifier:ID_OR_DIR | llm:MODEL_OR_URL")
     p.add_argument("--limit", type=int, default=None, help="only the first N cases")
     p.add_argument("--cases", default=None, help="comma-separated case ids")
+    p.add_argument("--per-category", type=int, default=None, help="only the first N cases of each category")
     p.add_argument("--protocol", default=None, choices=["fair", "paper"])
     p.add_argument("--max-new-tokens", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -55,7 +56,8 @@ def build_config(args):
     overrides = {
         "model": args.model, "dtype": args.dtype, "device": args.device, "device_map": args.device_map,
         "method": args.method, "method_config": args.method_config, "data": args.data, "split": args.split,
-        "judge": args.judge, "limit": args.limit, "protocol": args.protocol,
+        "judge": args.judge, "limit": args.limit, "per_category": args.per_category,
+        "protocol": args.protocol,
         "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size, "seed": args.seed,
         "save_edits": args.save_edits, "artifact": args.artifact, "train_split": args.train_split,
         "train_limit": args.train_limit,
