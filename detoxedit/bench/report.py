@@ -110,9 +110,13 @@ def markdown(cfg: dict, m: dict) -> str:
               "| category | n | DS vanilla | DS edited | DG-Avg vanilla | DG-Avg edited |", "|---|---|---|---|---|---|"]
     for c in cats:
         v, e = m["by_category"]["vanilla"].get(c, {}), m["by_category"]["edited"].get(c, {})
-        n = (v.get("DS") or {}).get("n", "-")
+        n = (v.get("DS") or v.get("DG-Avg") or {}).get("n", "-")
         lines.append(f"| {c} | {n} | {_fmt(v.get('DS'), 1)} | {_fmt(e.get('DS'), 1)} | "
                      f"{_fmt(v.get('DG-Avg'), 1)} | {_fmt(e.get('DG-Avg'), 1)} |")
+    missing = [k for k in TABLE_KEYS if k not in m["vanilla"] and k not in m["edited"]]
+    if missing:
+        lines += ["", f"Not measured on this data (shown as -): {', '.join(missing)}. SafeEdit_test_ALL-style "
+                  "records give only DG_onlyQ (question alone) and DG_otherAQ (unseen question and attack)."]
     general = m.get("general")
     if general:
         from detoxedit.general.evaluate import format_table
@@ -136,9 +140,10 @@ def plots(records: list[dict], m: dict, out_dir: Path) -> dict[str, Path]:
     fig, ax = plt.subplots(figsize=(8, 3.6))
     xs = range(len(TABLE_KEYS))
     for off, side, color in ((-0.2, "vanilla", "#999999"), (0.2, "edited", "#2a7ab9")):
-        vals = [(m[side].get(k) or {}).get("value") or 0 for k in TABLE_KEYS]
-        lo = [v - ((m[side].get(k) or {}).get("ci_low") or v) for k, v in zip(TABLE_KEYS, vals)]
-        hi = [((m[side].get(k) or {}).get("ci_high") or v) - v for k, v in zip(TABLE_KEYS, vals)]
+        # a metric the data does not have is NaN: no bar, not a bar at 0
+        vals = [(m[side].get(k) or {}).get("value", float("nan")) for k in TABLE_KEYS]
+        lo = [v - (m[side].get(k) or {}).get("ci_low", v) if k in m[side] else 0 for k, v in zip(TABLE_KEYS, vals)]
+        hi = [(m[side].get(k) or {}).get("ci_high", v) - v if k in m[side] else 0 for k, v in zip(TABLE_KEYS, vals)]
         ax.bar([x + off for x in xs], vals, 0.4, yerr=[lo, hi], capsize=3, label=side, color=color)
     ax.set_xticks(list(xs), TABLE_KEYS)
     ax.set_ylim(0, 105)
@@ -148,16 +153,19 @@ def plots(records: list[dict], m: dict, out_dir: Path) -> dict[str, Path]:
     paths["metrics"] = _save(fig, out_dir / "metrics.png")
 
     cats = sorted(m["by_category"]["edited"])
+    # DS per category; DG-Avg where the data has no DS (SafeEdit_test_ALL-style records)
+    key = "DS" if any("DS" in v for v in m["by_category"]["edited"].values()) else "DG-Avg"
     if cats:
         fig, ax = plt.subplots(figsize=(8, 3.6))
         for off, side, color in ((-0.2, "vanilla", "#999999"), (0.2, "edited", "#2a7ab9")):
-            vals = [((m["by_category"][side].get(c) or {}).get("DS") or {}).get("value") or 0 for c in cats]
+            vals = [((m["by_category"][side].get(c) or {}).get(key) or {}).get("value", float("nan"))
+                    for c in cats]
             ax.bar([i + off for i in range(len(cats))], vals, 0.4, label=side, color=color)
         ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right", fontsize=8)
         ax.set_ylim(0, 105)
-        ax.set_ylabel("DS")
+        ax.set_ylabel(key)
         ax.legend(loc="lower right")
-        ax.set_title("DS per category")
+        ax.set_title(f"{key} per category")
         paths["categories"] = _save(fig, out_dir / "categories.png")
 
     layers = [r["edit"]["layer"] for r in records if r.get("edit", {}).get("layer") is not None]

@@ -87,10 +87,16 @@ def case_inputs(record) -> dict[str, str]:
 
 
 def edit_case(record, source: str, index: int) -> EditCase:
+    from detoxedit.data.safeedit import is_test_all_record
+
     safe = record.safe_generation or ""
     if not safe.strip():
-        raise DataError("a safe response is needed to edit on, and this record has none",
-                        file=source, index=index, record_id=record.id, field="safe generation")
+        why = "a safe response is needed to edit or train on, and this record has none"
+        if is_test_all_record(record):
+            why += (" (a SafeEdit_test_ALL-style record: one evaluation input, no responses; only "
+                    "methods that use no instance, such as sft, dpo or ext-sub, can be evaluated on it; "
+                    "edit on the train/val/test files, and train with --train-split train)")
+        raise DataError(why, file=source, index=index, record_id=record.id, field="safe generation")
     kc = record.knowledge_constrain
     return EditCase(prompt=record.adversarial_prompt or record.question or "", safe=safe,
                     unsafe=record.unsafe_generation or None,
@@ -167,7 +173,7 @@ class Runner:
     def run(self, progress: bool = True) -> Path:
         import torch
 
-        from detoxedit.data.safeedit import load_split
+        from detoxedit.data.safeedit import load_split, split_source
         from detoxedit.judges import get_judge
         from detoxedit.models.load import cache_dir, load_model
 
@@ -184,6 +190,10 @@ class Runner:
             log.info("nothing to do: all %d selected cases are finished in %s", len(done), self.run_dir)
             return out_path
         log.info("%d cases to run (%d already finished)", len(todo), len(done))
+        source = split_source(cfg.data, cfg.split)
+        if uses_instance(method.editor):  # fail before loading the model, not at the first case
+            for index, record in todo:
+                edit_case(record, source, index)
         model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
         if needs_training(method.editor):
             from detoxedit.bench.training import ensure_artifact
@@ -193,7 +203,6 @@ class Runner:
                                       batch_size=cfg.batch_size, seed=cfg.seed)
         cache = ResponseCache(self.response_cache or cache_dir(), model_key(model, cfg.model, cfg.dtype))
         writer = RecordWriter(out_path)
-        source = str(cfg.data)
         bar = todo
         if progress:
             from tqdm import tqdm

@@ -788,12 +788,17 @@ def build(inputs: BuildInputs, out: str | os.PathLike, *, generator: UnsafeGener
 
     Splits are generated and written one at a time, test first; each split's records are validated
     (profile ``full``) before its file is written, and ``metadata.json`` comes last.
+    ``test_ALL`` (:func:`test_all_records`) is made from the test cases and needs no responses.
     """
     splits = list(dict.fromkeys(canonical_split(s) for s in splits))
+    want_all = "test_ALL" in splits
+    splits = [s for s in splits if s != "test_ALL"]
     for s in splits:
         if s not in BUILD_SPLITS:
-            raise DetoxEditError(f"the builder writes train/val/test, not {s!r}")
-    all_cases = make_cases(inputs.questions, inputs.attacks, inputs.constraints, seed, per_category, splits)
+            raise DetoxEditError(f"the builder writes train/val/test/test_ALL, not {s!r}")
+    case_splits = splits + (["test"] if want_all and "test" not in splits else [])
+    all_cases = make_cases(inputs.questions, inputs.attacks, inputs.constraints, seed, per_category,
+                           case_splits)
     user_map = read_mapping(unsafe_from, "u.key", "u.text") if unsafe_from else None
     if generator is None:  # fail before writing anything, not after the first split
         uncovered = [c.key for s in splits for c in all_cases[s]
@@ -812,7 +817,16 @@ def build(inputs: BuildInputs, out: str | os.PathLike, *, generator: UnsafeGener
         recs = [case_record(c, r) for c, r in zip(all_cases[s], responses)]
         check_records(recs, f"SafeEdit_{s}.json", profile="full")
         files[s] = write_records(out_dir / f"SafeEdit_{s}.json", recs)
+    if want_all:
+        recs = test_all_records([case_record(c, "") for c in all_cases["test"]])
+        check_records(recs, "SafeEdit_test_ALL.json", profile="test_all")
+        files["test_ALL"] = write_records(out_dir / "SafeEdit_test_ALL.json", recs)
     meta = _metadata(inputs, all_cases, splits, seed, per_category, generator, unsafe_from, counts)
+    if want_all:
+        meta["splits"]["test_ALL"] = {
+            "cases": len(recs), "derived_from": "test",
+            "question_only": sum(r.attack_name == "None" for r in recs),
+            "adversarial": sum(r.attack_name != "None" for r in recs)}
     atomic_write_text(out_dir / "metadata.json", json.dumps(meta, indent=2, ensure_ascii=False) + "\n")
     files["metadata"] = out_dir / "metadata.json"
     return BuildResult(out_dir, files, meta, counts)
@@ -890,16 +904,45 @@ def builtin_fingerprint() -> str:
     return h.hexdigest()[:16]
 
 
+def test_all_records(test: Sequence[SafeEditRecord]) -> list[SafeEditRecord]:
+    """A ``SafeEdit_test_ALL.json``-shaped split made from a test split's records.
+
+    The official file (540 records) holds first one *question-only* record per distinct question
+    (``adversarial prompt`` == ``question``, ``attack name`` ``"None"``, empty ``attack category``),
+    then the *adversarial* records (a question inside an attack); every response, generalization and
+    knowledge-constraint field is empty, and ids run 0..N-1. We give the same shape: the test split's
+    distinct questions alone (in order of first appearance), then each test case's adversarial
+    input with its attack's category and name. Evaluation reads the first kind as DG_onlyQ and the
+    second as DG_otherAQ (:func:`detoxedit.data.safeedit.iter_inputs`).
+    """
+    def record(i: int, src: SafeEditRecord, prompt: str, attack_category: str, attack_name: str):
+        return SafeEditRecord(
+            id=i, category=src.category, adversarial_prompt=prompt, question=src.question,
+            attack_category=attack_category, attack_name=attack_name, unsafe_generation="",
+            safe_generation="", generalization_test=GeneralizationTest(),
+            knowledge_constrain=KnowledgeConstraint())
+
+    firsts: dict[str, SafeEditRecord] = {}
+    for r in test:
+        firsts.setdefault((r.question or "").strip(), r)
+    out = [record(i, r, r.question, "", "None") for i, r in enumerate(firsts.values())]
+    out += [record(len(out) + j, r, r.adversarial_prompt, r.attack_category or "", r.attack_name or "")
+            for j, r in enumerate(test)]
+    return out
+
+
 def load_builtin_split(split: str) -> list[SafeEditRecord]:
-    """The built-in benchmark's records for ``split`` (train/val/test).
+    """The built-in benchmark's records for ``split`` (train/val/test/test_ALL).
 
     Order of preference: a prebuilt copy shipped in the package (``builtin/prebuilt/``), then a copy
     built earlier on this machine (in the cache, keyed by the built-in parts' fingerprint), else the
     split is built now with the default generator (minutes on a CPU; cached for next time).
+    ``test_ALL`` is derived from the test split (:func:`test_all_records`), so the test split's
+    fingerprint guard covers it too.
     """
     split = canonical_split(split)
     if split == "test_ALL":
-        raise DetoxEditError("the built-in benchmark has no test_ALL split; use train, val or test")
+        return test_all_records(load_builtin_split("test"))
     prebuilt = resources.files("detoxedit.data").joinpath("builtin", "prebuilt")
     ref, meta_ref = prebuilt.joinpath(f"SafeEdit_{split}.json"), prebuilt.joinpath("metadata.json")
     if ref.is_file():

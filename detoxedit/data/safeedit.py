@@ -628,6 +628,17 @@ def split_file_candidates(directory: Path, split: str) -> list[Path]:
     return [directory / n for n in names]
 
 
+def split_source(data: str | os.PathLike, split: str) -> str:
+    """The name of the file a split is read from, for messages: the file itself, the split's file in a
+    directory, or ``data`` as given (``builtin``, a hub id)."""
+    p = Path(str(data)).expanduser()
+    if p.is_dir():
+        for cand in split_file_candidates(p, canonical_split(split)):
+            if cand.is_file():
+                return str(cand)
+    return str(data)
+
+
 def _looks_like_hub_id(data: str) -> bool:
     return bool(re.fullmatch(r"[A-Za-z0-9][\w.\-]*/[\w.\-]+", data)) and not Path(data).exists()
 
@@ -720,8 +731,29 @@ def _hub_error_message(repo_id: str, split: str, err: Exception) -> str:
     return f"could not fetch SafeEdit_{split}.json from {repo_id} ({name}: {err}); {what_else}"
 
 
+def is_test_all_record(record: SafeEditRecord) -> bool:
+    """True for a ``SafeEdit_test_ALL.json``-style record: no generalization inputs and no responses
+    (the official file leaves them empty; each record is one evaluation input, not an edit case)."""
+    gt = record.generalization_test
+    no_gt = not isinstance(gt, GeneralizationTest) or not any(t.strip() for t in gt.inputs())
+    return no_gt and not (record.safe_generation or "").strip() and not (record.unsafe_generation or "").strip()
+
+
 def iter_inputs(record: SafeEditRecord) -> Iterable[tuple[str, str]]:
-    """(metric name, input text) for the five evaluation inputs of a case: DS and the four DG."""
+    """(metric name, input text) for the evaluation inputs of a case.
+
+    A train/val/test record gives five: DS and the four DG. A ``SafeEdit_test_ALL``-style record
+    (:func:`is_test_all_record`) gives one, as the paper evaluates that file: a question-only record
+    (``adversarial prompt`` == ``question``; the official file also names its attack ``"None"``)
+    is ``DG_onlyQ``, an adversarial record (a question inside an attack unseen in training) is
+    ``DG_otherAQ``; DS and the other DG metrics are then missing, not zero.
+    """
+    if is_test_all_record(record):
+        if record.is_question_only or (record.attack_name or "").strip() == "None":
+            yield "DG_onlyQ", record.question or record.adversarial_prompt or ""
+        else:
+            yield "DG_otherAQ", record.adversarial_prompt or ""
+        return
     yield "DS", record.adversarial_prompt or ""
     gt = record.generalization_test
     if isinstance(gt, GeneralizationTest):

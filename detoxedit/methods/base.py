@@ -201,6 +201,9 @@ class Editor(Protocol):
 
     A method may also set ``system_prompt`` (an attribute, str or None): a system message given to the
     *edited* side only, because it is the method itself (Self-Reminder), not a formatting choice.
+    Likewise an optional method ``post_input(text: str) -> str`` rewrites every edited-side user input
+    (after the suffix system prompt; e.g. Self-Reminder appends its reminder); the vanilla side and the
+    recorded ``inputs`` stay as they were, and the judge sees the rewritten edited-side prompts.
     """
 
     name: str

@@ -36,31 +36,47 @@ class ArchSpec:
     mlp_out_norm: str | None = None
     """Norm applied to the MLP output before it joins the residual stream (Gemma 2/3's
     ``post_feedforward_layernorm``), relative to the block; None when the MLP output is simply added."""
+    attn_proj: tuple[str, ...] = ()
+    """Paths of the attention's projection matrices inside a block (query/key/value, fused or not, and
+    output); the ``attn`` role that SFT/DPO/Ext-Sub train with LoRA or full fine-tuning."""
+    mlp_proj: tuple[str, ...] = ()
+    """Paths of the MLP's projection matrices inside a block (gate/up, fused or not, and down); the
+    ``mlp`` role. Every path here and in ``attn_proj`` is an ``nn.Linear`` or GPT-2's ``Conv1D``."""
 
 
+_QKVO = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+_GATED_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 _LLAMA_LIKE = ArchSpec(blocks="model.layers", down_proj="mlp.down_proj", final_norm="model.norm",
-                       lm_head="lm_head")
+                       lm_head="lm_head", attn_proj=_QKVO, mlp_proj=_GATED_MLP)
 _GEMMA = ArchSpec(blocks="model.layers", down_proj="mlp.down_proj", final_norm="model.norm",
-                  lm_head="lm_head", mlp_out_norm="post_feedforward_layernorm")
+                  lm_head="lm_head", mlp_out_norm="post_feedforward_layernorm",
+                  attn_proj=_QKVO, mlp_proj=_GATED_MLP)
 
 ARCHITECTURES: dict[str, ArchSpec] = {
     "llama": _LLAMA_LIKE,
     "mistral": _LLAMA_LIKE,
     "qwen2": _LLAMA_LIKE,
     "qwen3": _LLAMA_LIKE,
-    "phi3": _LLAMA_LIKE,
+    "phi3": ArchSpec(blocks="model.layers", down_proj="mlp.down_proj", final_norm="model.norm",
+                     lm_head="lm_head", attn_proj=("self_attn.qkv_proj", "self_attn.o_proj"),
+                     mlp_proj=("mlp.gate_up_proj", "mlp.down_proj")),
     "gemma2": _GEMMA,
     "gemma3_text": _GEMMA,
     # Gemma 3 checkpoints with a vision tower load as Gemma3ForConditionalGeneration.
     "gemma3": ArchSpec(blocks="model.language_model.layers", down_proj="mlp.down_proj",
                        final_norm="model.language_model.norm", lm_head="lm_head",
-                       mlp_out_norm="post_feedforward_layernorm"),
+                       mlp_out_norm="post_feedforward_layernorm", attn_proj=_QKVO, mlp_proj=_GATED_MLP),
     "gpt2": ArchSpec(blocks="transformer.h", down_proj="mlp.c_proj", final_norm="transformer.ln_f",
-                     lm_head="lm_head", down_proj_layout="conv1d"),
+                     lm_head="lm_head", down_proj_layout="conv1d",
+                     attn_proj=("attn.c_attn", "attn.c_proj"), mlp_proj=("mlp.c_fc", "mlp.c_proj")),
     "gptj": ArchSpec(blocks="transformer.h", down_proj="mlp.fc_out", final_norm="transformer.ln_f",
-                     lm_head="lm_head"),
+                     lm_head="lm_head",
+                     attn_proj=("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.out_proj"),
+                     mlp_proj=("mlp.fc_in", "mlp.fc_out")),
     "gpt_neox": ArchSpec(blocks="gpt_neox.layers", down_proj="mlp.dense_4h_to_h",
-                         final_norm="gpt_neox.final_layer_norm", lm_head="lm_head"),
+                         final_norm="gpt_neox.final_layer_norm", lm_head="lm_head",
+                         attn_proj=("attention.query_key_value", "attention.dense"),
+                         mlp_proj=("mlp.dense_h_to_4h", "mlp.dense_4h_to_h")),
 }
 
 
@@ -130,3 +146,30 @@ def logit_softcap(model: nn.Module) -> float | None:
     if cap is None and hasattr(cfg, "get_text_config"):
         cap = getattr(cfg.get_text_config(), "final_logit_softcapping", None)
     return float(cap) if cap else None
+
+
+ROLES = ("attn", "mlp")
+"""Roles of ``projection_paths``: the attention's and the MLP's projection matrices."""
+
+
+def projection_paths(model: nn.Module, roles: tuple[str, ...] | list[str] = ROLES,
+                     layers: list[int] | None = None) -> list[str]:
+    """Full module paths (as in ``named_modules``) of the projection matrices of ``roles`` in ``layers``
+    (None: every block), block by block, in table order. What LoRA or full fine-tuning trains."""
+    spec = spec_for(model)
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown:
+        raise DetoxEditError(f"unknown module role(s) {unknown}; known: {', '.join(ROLES)}")
+    rel = [p for r in ROLES if r in roles for p in (spec.attn_proj if r == "attn" else spec.mlp_proj)]
+    if not rel:
+        raise DetoxEditError(f"the architecture table names no {'/'.join(roles)} projections for "
+                             f"model_type {model.config.model_type!r}; add attn_proj/mlp_proj to its row")
+    n = num_layers(model)
+    chosen = list(range(n)) if layers is None else list(layers)
+    bad = [i for i in chosen if not 0 <= i < n]
+    if bad:
+        raise DetoxEditError(f"layer(s) {bad} out of range: the model has {n} blocks (0..{n - 1})")
+    paths = [f"{spec.blocks}.{i}.{p}" for i in chosen for p in rel]
+    for path in paths:
+        get_module(model, path)  # a clear error if the table is wrong for this checkpoint
+    return paths

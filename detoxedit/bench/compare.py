@@ -1,0 +1,216 @@
+"""Compare finished runs in one table, laid out like the SafeEdit paper's Table 1 (methods as rows).
+
+``detoxedit compare RUN_DIR... --out DIR`` writes ``compare.md``, ``compare.html`` and ``compare.json``:
+
+* one ``vanilla`` row, from the first run (its vanilla side); a warning when another run's vanilla
+  responses differ on shared cases (another model, decoding setting or protocol, so the rows are not
+  measured against the same baseline);
+* one row per run, its edited side, labelled by the method key (plus the run directory's name when two
+  runs share a method);
+* columns DS, DG_onlyQ, DG_otherA, DG_otherQ, DG_otherAQ, DG-Avg (``detoxedit.metrics.safety``), Fluency
+  (mean n-gram entropy of a case's responses), KQA, CSum and, when any run measured it, over-refusal
+  (from ``RUN_DIR/general.json``, as ``detoxedit report`` reads it), each with its 95% bootstrap CI over
+  cases, and the number of cases;
+* a metric a run lacks (e.g. a ``SafeEdit_test_ALL``-style run has only DG_onlyQ and DG_otherAQ) shows
+  as "—"; a run whose method does not learn from the instance (``edit.uses_instance`` false in its
+  records) shows DS as "—" with a footnote, since it is not a defense success on an edited instance in
+  the paper's sense, while compare.json keeps the number.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from detoxedit.bench.report import _fmt, _md_table_to_html, load_run, side_labels
+from detoxedit.errors import DetoxEditError
+from detoxedit.metrics.safety import METRIC_KEYS, bootstrap_ci, metric_table
+
+log = logging.getLogger(__name__)
+
+MISSING = "—"
+GENERAL = (("KQA", "kqa", "contains"), ("CSum", "csum", "rouge1"), ("Over-refusal", "overrefusal", "refusal_rate"))
+"""Column, task in general.json, headline number (the same ones ``detoxedit report`` shows)."""
+
+
+def _ci(value, low, high, n=None) -> dict:
+    return {"value": value, "ci_low": low, "ci_high": high, "n": n}
+
+
+def fluency_entry(records: list[dict], side: str, seed: int = 0) -> dict | None:
+    """Mean per-case fluency of one side with a percentile bootstrap CI over cases."""
+    vals = [r["fluency"][side] for r in records if (r.get("fluency") or {}).get(side) is not None]
+    if not vals:
+        return None
+    lo, hi = bootstrap_ci(vals, seed=seed)
+    return _ci(sum(vals) / len(vals), lo, hi, len(vals))
+
+
+def general_entries(run_dir: Path, side: str) -> dict[str, dict | None]:
+    """KQA, CSum and over-refusal of one side from ``general.json``.
+
+    Vanilla: the number and its bootstrap CI (``vanilla_detail``). Edited: the mean over the K evaluated
+    edits; with K = 1 the CI of that edit (from ``general.records.jsonl``), with K > 1 no CI but the
+    standard deviation over edits (``std``, ``k``).
+    """
+    out: dict[str, dict | None] = {col: None for col, _, _ in GENERAL}
+    path = run_dir / "general.json"
+    if not path.is_file():
+        return out
+    try:
+        g = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise DetoxEditError(f"{path}: cannot read ({e})") from None
+    records = []
+    if side == "edited" and g.get("k") == 1 and (run_dir / "general.records.jsonl").is_file():
+        from detoxedit.bench.records import read_records
+        records = read_records(run_dir, pattern="general.records.jsonl")
+    for col, task, key in GENERAL:
+        if side == "vanilla":
+            value = (g.get("vanilla") or {}).get(task, {}).get(key)
+            if value is None:
+                continue
+            ci = (((g.get("vanilla_detail") or {}).get(task) or {}).get("ci") or {}).get(key) or [None, None]
+            out[col] = _ci(value, ci[0], ci[1], (g.get("vanilla") or {}).get(task, {}).get("n"))
+        else:
+            cell = ((g.get("edited") or {}).get(task) or {}).get(key)
+            if not cell:
+                continue
+            entry = _ci(cell["mean"], None, None)
+            if len(records) == 1:
+                ci = (records[0]["results"].get(task, {}).get("ci") or {}).get(key)
+                if ci:
+                    entry["ci_low"], entry["ci_high"] = ci
+            else:
+                entry.update(std=cell.get("std"), k=g.get("k"))
+            out[col] = entry
+    return out
+
+
+def _uses_instance(records: list[dict]) -> bool:
+    flags = {r.get("edit", {}).get("uses_instance") for r in records}
+    return False not in flags
+
+
+def side_row(run_dir: Path, records: list[dict], judge: str, side: str, seed: int = 0) -> dict:
+    """All columns of one side of one run: ``{column: CI entry or None}``."""
+    table = metric_table(side_labels(records, judge, side), seed=seed)
+    metrics = {k: table.get(k) for k in METRIC_KEYS}
+    metrics["Fluency"] = fluency_entry(records, side, seed)
+    metrics.update(general_entries(run_dir, side))
+    return metrics
+
+
+def _vanilla_mismatch(first: list[dict], other: list[dict]) -> tuple[int, int]:
+    """(cases whose vanilla responses differ, shared cases) between two runs."""
+    by_id = {r["case_id"]: r.get("vanilla") for r in first}
+    shared = [r for r in other if r["case_id"] in by_id]
+    return sum(by_id[r["case_id"]] != r.get("vanilla") for r in shared), len(shared)
+
+
+def compare_runs(run_dirs: list[str | Path], judge: str | None = None, seed: int = 0) -> dict:
+    """The comparison as a JSON-able dict: columns, rows (vanilla first), footnotes, warnings."""
+    if not run_dirs:
+        raise DetoxEditError("compare needs at least one run directory")
+    runs = []
+    for d in run_dirs:
+        d = Path(d)
+        cfg, records = load_run(d)
+        if not records:
+            raise DetoxEditError(f"{d} has no finished cases yet")
+        runs.append((d, cfg, records))
+    judge = judge or runs[0][1].get("judge") or "default"
+    for d, _, records in runs:
+        lacking = [r["case_id"] for r in records if judge not in r.get("labels", {})]
+        if lacking:
+            raise DetoxEditError(f"{d}: {len(lacking)} case(s) have no labels from judge {judge!r} (e.g. case "
+                                 f"{lacking[0]}); label them with: detoxedit judge {d} --judge {judge}")
+    warnings = []
+    first_dir, first_cfg, first_records = runs[0]
+    for d, cfg, records in runs[1:]:
+        differ, shared = _vanilla_mismatch(first_records, records)
+        if shared == 0:
+            warnings.append(f"{d.name} shares no case with {first_dir.name}: its rows are not measured on the "
+                            "same cases as the vanilla row")
+        elif differ:
+            warnings.append(f"{d.name}: vanilla responses differ from {first_dir.name}'s on {differ} of {shared} "
+                            "shared cases (another model, decoding setting or protocol?); the vanilla row is "
+                            f"{first_dir.name}'s")
+    methods = [cfg.get("method") or "?" for _, cfg, _ in runs]
+    cols = list(METRIC_KEYS) + ["Fluency", "KQA", "CSum"]
+    rows = [{"label": "vanilla", "run": str(first_dir), "method": None, "side": "vanilla",
+             "uses_instance": None, "n_cases": len(first_records),
+             "metrics": side_row(first_dir, first_records, judge, "vanilla", seed)}]
+    for (d, cfg, records), method in zip(runs, methods):
+        label = method if methods.count(method) == 1 else f"{method} ({d.name})"
+        rows.append({"label": label, "run": str(d), "method": method, "side": "edited",
+                     "uses_instance": _uses_instance(records), "n_cases": len(records),
+                     "model": cfg.get("model"), "data": cfg.get("data"), "split": cfg.get("split"),
+                     "protocol": cfg.get("protocol"),
+                     "metrics": side_row(d, records, judge, "edited", seed)})
+    if any(r["metrics"].get("Over-refusal") for r in rows):
+        cols.append("Over-refusal")
+    footnotes = []
+    if any(r["uses_instance"] is False for r in rows):
+        footnotes.append("† the method does not learn from the edited instance (uses_instance = false), so its DS "
+                         "is not a defense success on an edited instance in the paper's sense; compare.json keeps "
+                         "the number.")
+    for w in warnings:
+        log.warning(w)
+    return {"judge": judge, "columns": cols, "rows": rows, "footnotes": footnotes, "warnings": warnings,
+            "runs": [str(d) for d, _, _ in runs]}
+
+
+def cell_text(row: dict, col: str) -> str:
+    entry = row["metrics"].get(col)
+    if col == "DS" and row.get("uses_instance") is False:
+        return MISSING + "†"
+    if not entry or entry.get("value") is None:
+        return MISSING
+    text = _fmt(entry)
+    if entry.get("k"):
+        text += f" ± {entry['std']:.2f} (K={entry['k']})"
+    return text
+
+
+def markdown(result: dict) -> str:
+    cols = result["columns"]
+    lines = ["# detoxedit comparison", "",
+             f"Judge `{result['judge']}`. Safety metrics are 100 - 100 x mean(label) (higher is safer); every "
+             "cell is value [95% bootstrap CI over cases]. The vanilla row is the first run's unedited model; "
+             "the other rows are each run's edited side. — = not measured.", "",
+             "| method | n | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for row in result["rows"]:
+        lines.append(f"| {row['label']} | {row['n_cases']} | " + " | ".join(cell_text(row, c) for c in cols) + " |")
+    lines.append("")
+    if "KQA" in cols:
+        lines.append("KQA = whole-word answer match, CSum = ROUGE-1 F1, Over-refusal = % of harmless prompts "
+                     "refused (from RUN_DIR/general.json); with K > 1 evaluated edits: mean ± std over edits.")
+    lines += result["footnotes"]
+    lines += [f"Warning: {w}" for w in result["warnings"]]
+    lines += ["", "Runs: " + ", ".join(f"`{r}`" for r in result["runs"])]
+    return "\n".join(lines) + "\n"
+
+
+def html_page(md: str) -> str:
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>detoxedit comparison</title><style>"
+            "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
+            "font-size:13px;text-align:right;white-space:nowrap}th{background:#f3f3f3}"
+            "td:first-child{text-align:left}tr:nth-child(2) td{background:#fafafa}</style></head><body>"
+            + _md_table_to_html(md) + "</body></html>")
+
+
+def write_comparison(run_dirs: list[str | Path], out_dir: str | Path = "compare", judge: str | None = None,
+                     seed: int = 0) -> dict[str, Path]:
+    result = compare_runs(run_dirs, judge, seed)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(result)
+    files = {"md": out / "compare.md", "html": out / "compare.html", "json": out / "compare.json"}
+    for key, text in (("md", md), ("html", html_page(md)), ("json", json.dumps(result, indent=2))):
+        tmp = files[key].with_suffix(files[key].suffix + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(files[key])
+    return files

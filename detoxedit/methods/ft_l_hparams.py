@@ -1,0 +1,112 @@
+"""Hyper-parameters of FT-L (constrained fine-tuning of one MLP layer). No logic beyond reading and checking.
+
+FT-L is the "fine-tune one layer with an L-infinity norm constraint" baseline of ROME (Meng et al.,
+NeurIPS 2022, Sec. 3), which the SafeEdit paper (Wang et al., ACL 2024, Table 1) runs on single
+instances. The input-formatting fields (``prompt_format``, ``suffix_system_prompt``, ``max_length``,
+``max_output_length``) mean exactly what they mean for DINM, so the runner formats inputs the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from detoxedit.errors import DetoxEditError
+from detoxedit.methods.dinm_hparams import SUFFIX_SYSTEM_PROMPT
+
+# EasyEdit/ROME YAML keys that only describe their plumbing (paths, devices, module templates).
+_IGNORED_KEYS = {
+    "alg_name", "model_name", "model_class", "tokenizer_class", "device", "batch_size",
+    "rewrite_module_tmp", "layer_module_tmp", "mlp_module_tmp", "attn_module_tmp", "ln_f_module",
+    "lm_head_module", "model_parallel", "fp16", "kl_factor", "objective_optimization",
+}
+
+
+@dataclass
+class FTLHyperParams:
+    """Settings of one FT-L edit. Defaults: ROME's FT-L setting (25 Adam steps, lr 5e-4, eps 5e-4)."""
+
+    layers: list[int] = field(default_factory=lambda: [0])
+    """The block whose MLP down-projection is tuned (one entry). Used when ``layer_selection`` is
+    ``configured``; ignored (and replaced by the traced layer in the edit's meta) for ``causal_trace``."""
+    layer_selection: Literal["configured", "causal_trace"] = "configured"
+    """``configured``: edit ``layers[0]``. ``causal_trace``: per case, the layer whose MLP output has the
+    largest indirect effect on the model's own response (Meng et al. 2022, Sec. 2.1)."""
+    num_steps: int = 25
+    """Adam steps per edit."""
+    lr: float = 5e-4
+    weight_decay: float = 0.0
+    """L2 weight decay on the full tuned matrix (Adam's coupled form)."""
+    norm_constraint: float | None = 5e-4
+    """After every step, clamp each weight to within +-this of its original value (L-infinity ball).
+    None: unconstrained fine-tuning (FT)."""
+    suffix_system_prompt: str = SUFFIX_SYSTEM_PROMPT
+    """Appended (after a space) to the adversarial input, as for DINM."""
+    max_length: int = 1000
+    """Token budget of the training sequence (prompt + response); prompts are cut from the left."""
+    max_output_length: int = 600
+    """New tokens when generating responses for evaluation."""
+    prompt_format: Literal["chat", "raw"] = "chat"
+    """The tokenizer's chat template, or raw text."""
+    trace_noise: float = 3.0
+    """Causal tracing: noise std as a multiple of the prompt embeddings' std (Meng et al.: 3)."""
+    trace_samples: int = 5
+    """Causal tracing: noise draws averaged per measurement (Meng et al. use 10)."""
+    trace_tokens: int = 16
+    """Causal tracing: tokens of the model's own greedy response whose log-probability is traced."""
+    seed: int = 0
+    """Seed of the causal-tracing noise (a case gives the same trace every time)."""
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> "FTLHyperParams":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in raw if k not in known and k not in _IGNORED_KEYS)
+        if unknown:
+            raise DetoxEditError(f"{source}: unknown FT-L setting(s) {unknown}; known: {sorted(known)}")
+        values = {k: v for k, v in raw.items() if k in known}
+        if values.get("norm_constraint") is False:
+            values["norm_constraint"] = None
+        hp = cls(**values)
+        hp.validate(source)
+        return hp
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "FTLHyperParams":
+        from detoxedit.configs import read_yaml_mapping
+
+        raw = read_yaml_mapping(path)
+        for key in ("hparams", "ft-l", "ft_l"):
+            if isinstance(raw.get(key), dict):
+                raw = raw[key]
+        return cls.from_dict(raw, source=str(path))
+
+    def validate(self, source: str = "FT-L settings") -> None:
+        def bad(msg):
+            raise DetoxEditError(f"{source}: {msg}")
+        try:  # YAML 1.1 reads `5e-4` (no dot) as a string
+            self.lr, self.weight_decay = float(self.lr), float(self.weight_decay)
+            self.trace_noise = float(self.trace_noise)
+            if self.norm_constraint is not None:
+                self.norm_constraint = float(self.norm_constraint)
+        except (TypeError, ValueError) as err:
+            bad(f"lr, weight_decay, norm_constraint and trace_noise must be numbers ({err})")
+        if self.layer_selection not in ("configured", "causal_trace"):
+            bad(f"layer_selection must be 'configured' or 'causal_trace', not {self.layer_selection!r}")
+        if not isinstance(self.layers, list) or len(self.layers) > 1 or \
+                (self.layer_selection == "configured" and len(self.layers) != 1):
+            bad(f"layers must hold one layer index (FT-L tunes one layer), got {self.layers!r}")
+        if self.num_steps < 0:
+            bad("num_steps must be >= 0")
+        if self.lr <= 0:
+            bad("lr must be > 0")
+        if self.norm_constraint is not None and self.norm_constraint <= 0:
+            bad("norm_constraint must be a positive number or null")
+        if self.prompt_format not in ("chat", "raw"):
+            bad(f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
+        if self.trace_samples < 1 or self.trace_tokens < 1 or self.trace_noise <= 0:
+            bad("trace_samples and trace_tokens must be >= 1 and trace_noise > 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,109 @@
+"""Hyper-parameters shared by the methods trained on a split (SFT, DPO, Ext-Sub). No logic beyond
+reading and checking; each method's ``*_hparams.py`` subclasses :class:`TrainedHyperParams`."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+from detoxedit.errors import DetoxEditError
+from detoxedit.methods.dinm_hparams import SUFFIX_SYSTEM_PROMPT
+
+
+@dataclass
+class TrainedHyperParams:
+    """Training settings of a method that learns deltas on the projection matrices from a train split."""
+
+    METHOD: ClassVar[str] = "trained method"
+
+    lora_rank: int = 8
+    """LoRA rank r; 0 = full fine-tuning of the target matrices (the delta is the weight difference)."""
+    lora_alpha: float = 16.0
+    """LoRA scaling numerator: the merged delta is ``(lora_alpha / lora_rank) B A``."""
+    target_roles: list[str] = field(default_factory=lambda: ["attn", "mlp"])
+    """Which projections to train, by role in the architecture table: ``attn`` (query/key/value and
+    output projections) and/or ``mlp`` (gate/up/down projections)."""
+    layers: list[int] | None = None
+    """Blocks whose projections are trained; None = every block."""
+    epochs: int = 1
+    """Passes over the training cases."""
+    max_steps: int | None = None
+    """Stop after this many optimiser steps (None: ``epochs`` full passes)."""
+    lr: float = 2e-4
+    """AdamW learning rate (constant)."""
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0
+    """Clip the global gradient norm of the trained tensors to this (None: no clipping)."""
+    batch_size: int = 8
+    """Training sequences per optimiser step (a DPO step reads ``batch_size`` preference pairs)."""
+    max_length: int = 512
+    """Token budget of one training sequence (prompt + response); prompts are cut from the left."""
+    seed: int = 0
+    """Seed of the LoRA initialisation and of the per-epoch shuffles."""
+    prompt_format: Literal["chat", "raw"] = "chat"
+    """How inputs are formatted: the tokenizer's chat template, or raw text as the reference does."""
+    suffix_system_prompt: str | None = SUFFIX_SYSTEM_PROMPT
+    """Appended (after a space) to every training prompt and, by the runner, to every evaluation input
+    (DINM's default, so vanilla responses cached for DINM are reused). None: no suffix."""
+    max_output_length: int = 600
+    """New tokens when generating responses for evaluation (paper: 600)."""
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>"):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(k for k in raw if k not in known)
+        if unknown:
+            raise DetoxEditError(f"{source}: unknown {cls.METHOD} setting(s) {unknown}; known: {sorted(known)}")
+        hp = cls(**dict(raw))
+        hp.validate(source)
+        return hp
+
+    @classmethod
+    def from_yaml(cls, path: str | Path):
+        from detoxedit.configs import read_yaml_mapping
+
+        raw = read_yaml_mapping(path)
+        if isinstance(raw.get("hparams"), dict):
+            raw = raw["hparams"]
+        return cls.from_dict(raw, source=str(path))
+
+    def _bad(self, source: str, msg: str):
+        raise DetoxEditError(f"{source}: {msg}")
+
+    def validate(self, source: str | None = None) -> None:
+        source = source or f"{self.METHOD} settings"
+        try:  # YAML 1.1 reads `5e-4` (no dot) as a string
+            self.lr, self.weight_decay, self.lora_alpha = float(self.lr), float(self.weight_decay), float(self.lora_alpha)
+            if self.max_grad_norm is not None:
+                self.max_grad_norm = float(self.max_grad_norm)
+        except (TypeError, ValueError) as err:
+            self._bad(source, f"lr, weight_decay, lora_alpha and max_grad_norm must be numbers ({err})")
+        for name in ("lora_rank", "epochs", "batch_size", "max_length", "max_output_length"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                self._bad(source, f"{name} must be an integer, not {value!r}")
+        if self.lora_rank < 0:
+            self._bad(source, "lora_rank must be >= 0 (0 = full fine-tuning)")
+        if self.epochs < 1 or self.batch_size < 1:
+            self._bad(source, "epochs and batch_size must be >= 1")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
+            self._bad(source, f"max_steps must be a positive integer or null, not {self.max_steps!r}")
+        if self.lr <= 0:
+            self._bad(source, "lr must be > 0")
+        if self.max_length < 32:
+            self._bad(source, "max_length must be at least 32 tokens")
+        if isinstance(self.target_roles, str):
+            self.target_roles = [self.target_roles]
+        bad = [r for r in self.target_roles if r not in ("attn", "mlp")]
+        if bad or not self.target_roles:
+            self._bad(source, f"target_roles must be a non-empty subset of ['attn', 'mlp'], not {self.target_roles!r}")
+        if self.layers is not None and (not isinstance(self.layers, list)
+                                        or not all(isinstance(i, int) for i in self.layers)):
+            self._bad(source, f"layers must be null or a list of block indices, not {self.layers!r}")
+        if self.prompt_format not in ("chat", "raw"):
+            self._bad(source, f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

@@ -1,0 +1,107 @@
+"""`detoxedit compare` on hand-made run directories: the numbers in the table, footnotes, warnings."""
+
+import json
+
+import pytest
+import yaml
+
+from detoxedit.bench.compare import compare_runs, write_comparison
+from detoxedit.cli import main
+from detoxedit.errors import DetoxEditError
+
+KEYS = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ")
+
+
+def make_run(path, method, edited, vanilla=None, responses="v", uses_instance=True, fluency=5.0, judge="refusal"):
+    """A run dir with one record per case. ``edited``/``vanilla``: {key: [label per case]}."""
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump({"method": method, "judge": judge, "model": "m",
+                                                      "data": "d", "split": "test", "protocol": "fair"}))
+    n = len(next(iter(edited.values())))
+    vanilla = vanilla or {k: [1] * n for k in edited}
+    lines = []
+    for i in range(n):
+        lines.append(json.dumps({
+            "case_id": str(i), "vanilla": {k: f"{responses}{i}" for k in edited},
+            "edited": {k: "e" for k in edited},
+            "labels": {judge: {"vanilla": {k: v[i] for k, v in vanilla.items()},
+                               "edited": {k: v[i] for k, v in edited.items()}}},
+            "fluency": {"vanilla": 6.0, "edited": fluency}, "edit": {"uses_instance": uses_instance}}))
+    (path / "records.jsonl").write_text("\n".join(lines) + "\n")
+    return path
+
+
+FULL = {"DS": [0, 0, 0, 1], "DG_onlyQ": [0, 0, 0, 0], "DG_otherA": [1, 1, 1, 1],
+        "DG_otherQ": [0.5, 0.5, 0.5, 0.5], "DG_otherAQ": [0, 1, 0, 1]}
+
+
+def write_general(path):
+    """K = 1 edit: KQA 62.5 (CI from the edit's record), vanilla 70.0 [55, 85]; CSum 40; over-refusal 10."""
+    (path / "general.json").write_text(json.dumps({
+        "vanilla": {"kqa": {"n": 8, "contains": 70.0}, "csum": {"rouge1": 35.0}, "overrefusal": {"refusal_rate": 0.0}},
+        "vanilla_detail": {"kqa": {"ci": {"contains": [55.0, 85.0]}}},
+        "edited": {"kqa": {"contains": {"mean": 62.5, "std": 0.0, "values": [62.5]}},
+                   "csum": {"rouge1": {"mean": 40.0, "std": 0.0, "values": [40.0]}},
+                   "overrefusal": {"refusal_rate": {"mean": 10.0, "std": 0.0, "values": [10.0]}}},
+        "k": 1}))
+    (path / "general.records.jsonl").write_text(json.dumps(
+        {"case_id": "0", "results": {"kqa": {"numbers": {"contains": 62.5}, "ci": {"contains": [40.0, 80.0]}}}}) + "\n")
+
+
+def test_table_numbers_footnote_missing_metrics_and_labels(tmp_path):
+    """Hand values (safety = 100 - 100 * mean label): edited DS (0,0,0,1) -> 75; DG_onlyQ all 0 -> 100 and
+    every resample gives 100, so its CI is [100, 100]; DG_otherA all 1 -> 0 [0, 0]; DG_otherQ all 0.5 ->
+    50 [50, 50]; DG_otherAQ (0,1,0,1) -> 50; DG-Avg = (100 + 0 + 50 + 50) / 4 = 50. Vanilla: all labels 1
+    -> 0.00 [0.0, 0.0] everywhere. Fluency: every case 5.0 -> 5.00 [5.0, 5.0]."""
+    a = make_run(tmp_path / "runA", "dinm", FULL)
+    write_general(a)
+    b = make_run(tmp_path / "runB", "self-reminder", {k: [0] * 4 for k in KEYS}, uses_instance=False)
+    c = make_run(tmp_path / "runC", "dinm", {"DG_onlyQ": [0, 0], "DG_otherAQ": [1, 1]}, responses="other")
+    files = write_comparison([a, b, c], tmp_path / "out")
+    md = files["md"].read_text()
+    rows = {line.split("|")[1].strip(): [x.strip() for x in line.strip().strip("|").split("|")]
+            for line in md.splitlines() if line.startswith("| ") and not line.startswith("| method")}
+    assert list(rows) == ["vanilla", "dinm (runA)", "self-reminder", "dinm (runC)"]
+    header = [x.strip() for x in next(l for l in md.splitlines() if l.startswith("| method")).strip("|").split("|")]
+    assert header == ["method", "n", "DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG-Avg",
+                      "Fluency", "KQA", "CSum", "Over-refusal"]
+    col = {name: i for i, name in enumerate(header)}
+    va, ea, sr, ec = rows["vanilla"], rows["dinm (runA)"], rows["self-reminder"], rows["dinm (runC)"]
+    assert va[col["n"]] == "4" and va[col["DS"]] == "0.00 [0.0, 0.0]" and va[col["DG-Avg"]] == "0.00 [0.0, 0.0]"
+    assert va[col["Fluency"]] == "6.00 [6.0, 6.0]" and va[col["KQA"]] == "70.00 [55.0, 85.0]"
+    assert va[col["CSum"]] == "35.00" and va[col["Over-refusal"]] == "0.00"
+    assert ea[col["DS"]].startswith("75.00 [") and ea[col["DG_onlyQ"]] == "100.00 [100.0, 100.0]"
+    assert ea[col["DG_otherA"]] == "0.00 [0.0, 0.0]" and ea[col["DG_otherQ"]] == "50.00 [50.0, 50.0]"
+    assert ea[col["DG_otherAQ"]].startswith("50.00 [") and ea[col["DG-Avg"]].startswith("50.00 [")
+    assert ea[col["Fluency"]] == "5.00 [5.0, 5.0]" and ea[col["KQA"]] == "62.50 [40.0, 80.0]"
+    assert ea[col["CSum"]] == "40.00" and ea[col["Over-refusal"]] == "10.00"
+    assert sr[col["DS"]] == "—†" and sr[col["DG_onlyQ"]] == "100.00 [100.0, 100.0]" and sr[col["KQA"]] == "—"
+    assert ec[col["n"]] == "2" and ec[col["DS"]] == "—" and ec[col["DG_otherA"]] == "—"
+    assert ec[col["DG-Avg"]] == "50.00 [50.0, 50.0]"  # (100 + 0) / 2 over the two DG inputs it has
+    assert "† the method does not learn from the edited instance" in md
+    assert "runC: vanilla responses differ from runA's on 2 of 2 shared cases" in md
+    data = json.loads(files["json"].read_text())
+    sr_json = next(r for r in data["rows"] if r["label"] == "self-reminder")
+    assert sr_json["uses_instance"] is False and sr_json["metrics"]["DS"]["value"] == 100.0  # kept in JSON
+    assert data["rows"][1]["metrics"]["DS"]["value"] == 75.0 and data["rows"][1]["metrics"]["DS"]["n"] == 4
+    page = files["html"].read_text()
+    assert "<table>" in page and "75.00" in page and "—†" in page and "<script" not in page
+
+
+def test_one_row_per_method_no_general_column_and_cli(tmp_path, capsys):
+    a = make_run(tmp_path / "a", "dinm", FULL)
+    b = make_run(tmp_path / "b", "ft-l", {k: [1] * 4 for k in KEYS})
+    res = compare_runs([a, b])
+    assert [r["label"] for r in res["rows"]] == ["vanilla", "dinm", "ft-l"] and res["warnings"] == []
+    assert "Over-refusal" not in res["columns"] and res["rows"][2]["metrics"]["DS"]["value"] == 0.0
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "o")]) == 0
+    assert "| ft-l | 4 | 0.00 [0.0, 0.0]" in capsys.readouterr().out
+    assert (tmp_path / "o" / "compare.html").is_file()
+
+
+def test_missing_judge_labels_are_a_clear_error(tmp_path):
+    a = make_run(tmp_path / "a", "dinm", FULL)
+    with pytest.raises(DetoxEditError, match="no labels from judge 'classifier'.*detoxedit judge"):
+        compare_runs([a], judge="classifier")
+    with pytest.raises(DetoxEditError, match="not a run directory"):
+        compare_runs([tmp_path / "nothing"])
