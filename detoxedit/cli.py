@@ -22,6 +22,8 @@ COMMAND_MODULES = (
     "detoxedit.commands.bench",
     "detoxedit.commands.train",
     "detoxedit.commands.report",
+    "detoxedit.commands.compare",
+    "detoxedit.commands.analyze",
     "detoxedit.commands.judge",
     "detoxedit.commands.general",
     "detoxedit.data.cli",

