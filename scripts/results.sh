@@ -5,16 +5,23 @@
 set -euo pipefail
 OUT=${1:-runs/results}
 DX=${DX:-.venv/bin/detoxedit}
-# Same for every method: 18 test cases (the first 2 of each category), greedy, 128 new tokens, default judge.
-COMMON=(--model default --data builtin --split test --per-category 2 --max-new-tokens 128 --judge default
-        --save-edits --no-progress)
-GENERAL=(--limit 24 --no-progress)
+# Same for every method: the first PER_CATEGORY test cases of each of the 9 categories (default 1: 9 cases,
+# sized for 2 CPU cores), greedy, 128 new tokens, the default judge; general ability on 16 items per task.
+PER_CATEGORY=${PER_CATEGORY:-1}
+COMMON=(--model default --data builtin --split test --per-category "$PER_CATEGORY" --max-new-tokens 128
+        --judge default --save-edits --no-progress)
+GENERAL=(--limit 16 --no-progress)
+# MEND's editor trains on at most this many train cases (one per step); its config's own default is a full epoch.
+MEND_STEPS=${MEND_STEPS:-250}
 METHODS=${METHODS:-"dinm ft-l self-reminder sft dpo ext-sub mend"}
 
 for m in $METHODS; do
   # methods trained on the train split (sft, dpo, ext-sub, mend) train into $OUT/$m/artifact first
-  "$DX" bench --method "$m" "${COMMON[@]}" --out "$OUT/$m"
+  extra=()
+  [ "$m" = mend ] && extra=(--hparam "max_steps=$MEND_STEPS")
+  "$DX" bench --method "$m" "${COMMON[@]}" "${extra[@]}" --out "$OUT/$m"
   "$DX" general --run "$OUT/$m" "${GENERAL[@]}"
+  "$DX" judge "$OUT/$m" --judge default > /dev/null   # labels from the judge as it is now, for every run alike
   "$DX" report "$OUT/$m" > /dev/null
 done
 # The paper's protocol for the traditional methods: test_ALL-style inputs (questions alone, adversarial inputs).
@@ -24,5 +31,9 @@ for m in sft dpo self-reminder; do
   [ "$m" != self-reminder ] && art=(--artifact "$OUT/$m/artifact")
   "$DX" bench --method "$m" --model default --data builtin --split test_ALL --max-new-tokens 128 \
         --judge default --no-progress "${art[@]}" --out "$OUT/$m-test_ALL"
+  "$DX" judge "$OUT/$m-test_ALL" --judge default > /dev/null
 done
 "$DX" compare $(for m in $METHODS; do echo "$OUT/$m"; done) --out "$OUT/compare"
+tall=$(for m in sft dpo self-reminder; do [ -d "$OUT/$m-test_ALL" ] && echo "$OUT/$m-test_ALL"; done)
+[ -n "$tall" ] && "$DX" compare $tall --out "$OUT/compare-test_ALL"
+exit 0

@@ -424,18 +424,18 @@ def test_prebuilt_copy_is_used_only_while_it_matches_the_builtin_parts(tmp_path,
     assert any(r.knowledge_constrain.prompt == "New?" for r in recs)
 
 
-def test_shipped_prebuilt_test_split_is_current_and_valid():
-    """The package ships the built-in test split so `--data builtin` needs no generation."""
+@pytest.mark.parametrize("split", ["test", "train"])
+def test_shipped_prebuilt_splits_are_current_and_valid(split):
+    """The package ships the built-in test and train splits, so `--data builtin` needs no generation
+    (train: the split MEND, SFT, DPO and Ext-Sub learn from)."""
     from importlib import resources
 
     pre = resources.files("detoxedit.data").joinpath("builtin", "prebuilt")
-    if not pre.joinpath("SafeEdit_test.json").is_file():
-        pytest.skip("no prebuilt split shipped")
     meta = json.loads(pre.joinpath("metadata.json").read_text())
     assert meta["builtin_fingerprint"] == b.builtin_fingerprint(), (
-        "built-in parts changed: rebuild with `detoxedit data build --splits test "
+        "built-in parts changed: rebuild with `detoxedit data build --splits test train "
         "--out detoxedit/data/builtin/prebuilt`")
     assert meta["unsafe_responses"]["generator"]["model"] == "default"
-    recs = se.read_records(pre.joinpath("SafeEdit_test.json"))
-    assert len(recs) == meta["splits"]["test"]["cases"]
-    assert se.validate_records(recs, "SafeEdit_test.json", profile="full") == []
+    recs = se.read_records(pre.joinpath(f"SafeEdit_{split}.json"))
+    assert len(recs) == meta["splits"][split]["cases"]
+    assert se.validate_records(recs, f"SafeEdit_{split}.json", profile="full") == []
