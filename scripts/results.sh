@@ -22,18 +22,27 @@ for m in $METHODS; do
   "$DX" bench --method "$m" "${COMMON[@]}" "${extra[@]}" --out "$OUT/$m"
   "$DX" general --run "$OUT/$m" "${GENERAL[@]}"
   "$DX" judge "$OUT/$m" --judge default > /dev/null   # labels from the judge as it is now, for every run alike
+  "$DX" judge "$OUT/$m" --judge refusal > /dev/null   # and from the phrase-based judge, as a cross-check
   "$DX" report "$OUT/$m" > /dev/null
 done
 # The paper's protocol for the traditional methods: test_ALL-style inputs (questions alone, adversarial inputs).
-for m in sft dpo self-reminder; do
-  case " $METHODS " in *" $m "*) ;; *) continue ;; esac
+# The built-in test_ALL has 243 records (27 questions alone, 216 adversarial inputs); TEST_ALL_SHARD=0/4 (default)
+# takes every 4th record (61: 7 questions, 54 adversarial inputs) to fit 2 CPU cores; TEST_ALL_SHARD=0/1 takes all.
+TEST_ALL_SHARD=${TEST_ALL_SHARD:-0/4}
+TEST_ALL_METHODS=${TEST_ALL_METHODS:-"sft dpo self-reminder"}
+for m in $TEST_ALL_METHODS; do
   art=()
   [ "$m" != self-reminder ] && art=(--artifact "$OUT/$m/artifact")
   "$DX" bench --method "$m" --model default --data builtin --split test_ALL --max-new-tokens 128 \
-        --judge default --no-progress "${art[@]}" --out "$OUT/$m-test_ALL"
+        --judge default --no-progress --shard "$TEST_ALL_SHARD" "${art[@]}" --out "$OUT/$m-test_ALL"
   "$DX" judge "$OUT/$m-test_ALL" --judge default > /dev/null
+  "$DX" judge "$OUT/$m-test_ALL" --judge refusal > /dev/null
 done
+[ -n "${SKIP_COMPARE:-}" ] && exit 0
 "$DX" compare $(for m in $METHODS; do echo "$OUT/$m"; done) --out "$OUT/compare"
-tall=$(for m in sft dpo self-reminder; do [ -d "$OUT/$m-test_ALL" ] && echo "$OUT/$m-test_ALL"; done)
+"$DX" compare $(for m in $METHODS; do echo "$OUT/$m"; done) --judge refusal --out "$OUT/compare-refusal"
+tall=$(for m in $TEST_ALL_METHODS; do [ -d "$OUT/$m-test_ALL" ] && echo "$OUT/$m-test_ALL"; done)
 [ -n "$tall" ] && "$DX" compare $tall --out "$OUT/compare-test_ALL"
+# The mechanism analysis of docs/analysis.md (probe, parameter toxicity, activation shift) on the same runs.
+"$DX" analyze --model default --runs $(for m in $METHODS; do echo "$OUT/$m"; done) --out "$OUT/analysis" --no-progress
 exit 0

@@ -8,12 +8,11 @@ its own table (``detoxedit.models.arch``).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from detoxedit.errors import DetoxEditError
+from detoxedit.methods._hparams import HyperParamsIO
 
 SUFFIX_SYSTEM_PROMPT = ("If the user's request is reasonable, give the correct answer. "
                         "Please give the right response:")
@@ -27,8 +26,12 @@ _IGNORED_KEYS = {
 
 
 @dataclass
-class DINMHyperParams:
+class DINMHyperParams(HyperParamsIO):
     """Settings of one DINM edit. Defaults: the paper's LLaMA2-7B-Chat setting (Sec. 4.1)."""
+
+    METHOD: ClassVar[str] = "DINM"
+    YAML_SECTIONS: ClassVar[tuple[str, ...]] = ("hparams", "dinm")  # a run config may nest them
+    IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset(_IGNORED_KEYS)
 
     layers: list[int] = field(default_factory=list)
     """Layer to edit (one entry). Empty: locate the toxic layer for every case (the paper's method)."""
@@ -70,35 +73,16 @@ class DINMHyperParams:
         return cls(**base)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> "DINMHyperParams":
-        known = {f.name for f in dataclasses.fields(cls)}
-        raw = dict(raw)
+    def _normalise(cls, raw: dict[str, Any]) -> dict[str, Any]:
         if raw.pop("reference_mode", False):
             raw.setdefault("kl_grad", False)
             raw.setdefault("locate", "once_per_run")
             raw.setdefault("prompt_format", "raw")
-        unknown = sorted(k for k in raw if k not in known and k not in _IGNORED_KEYS)
-        if unknown:
-            raise DetoxEditError(f"{source}: unknown DINM setting(s) {unknown}; known: {sorted(known)}")
-        values = {k: v for k, v in raw.items() if k in known}
-        if values.get("norm_constraint") is False:  # reference YAML writes `norm_constraint: false`
-            values["norm_constraint"] = None
-        if "layers" in values and values["layers"] is None:
-            values["layers"] = []
-        hp = cls(**values)
-        hp.validate(source)
-        return hp
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "DINMHyperParams":
-        from detoxedit.configs import read_yaml_mapping
-
-        raw = read_yaml_mapping(path)
-        # A run config may nest method settings under `method:`/`hparams:`; accept both shapes.
-        for key in ("hparams", "dinm"):
-            if isinstance(raw.get(key), dict):
-                raw = raw[key]
-        return cls.from_dict(raw, source=str(path))
+        if raw.get("norm_constraint") is False:  # reference YAML writes `norm_constraint: false`
+            raw["norm_constraint"] = None
+        if "layers" in raw and raw["layers"] is None:
+            raw["layers"] = []
+        return raw
 
     def validate(self, source: str = "DINM settings") -> None:
         def bad(msg):
@@ -121,6 +105,3 @@ class DINMHyperParams:
             bad(f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
         if self.norm_constraint is not None and self.norm_constraint <= 0:
             bad("norm_constraint must be a positive number or null")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

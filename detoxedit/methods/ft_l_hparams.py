@@ -8,12 +8,11 @@ instances. The input-formatting fields (``prompt_format``, ``suffix_system_promp
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from detoxedit.errors import DetoxEditError
+from detoxedit.methods._hparams import HyperParamsIO
 from detoxedit.methods.dinm_hparams import SUFFIX_SYSTEM_PROMPT
 
 # EasyEdit/ROME YAML keys that only describe their plumbing (paths, devices, module templates).
@@ -25,8 +24,12 @@ _IGNORED_KEYS = {
 
 
 @dataclass
-class FTLHyperParams:
+class FTLHyperParams(HyperParamsIO):
     """Settings of one FT-L edit. Defaults: ROME's FT-L setting (25 Adam steps, lr 5e-4, eps 5e-4)."""
+
+    METHOD: ClassVar[str] = "FT-L"
+    YAML_SECTIONS: ClassVar[tuple[str, ...]] = ("hparams", "ft-l", "ft_l")
+    IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset(_IGNORED_KEYS)
 
     layers: list[int] = field(default_factory=lambda: [0])
     """The block whose MLP down-projection is tuned (one entry). Used when ``layer_selection`` is
@@ -60,27 +63,10 @@ class FTLHyperParams:
     """Seed of the causal-tracing noise (a case gives the same trace every time)."""
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> "FTLHyperParams":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in raw if k not in known and k not in _IGNORED_KEYS)
-        if unknown:
-            raise DetoxEditError(f"{source}: unknown FT-L setting(s) {unknown}; known: {sorted(known)}")
-        values = {k: v for k, v in raw.items() if k in known}
-        if values.get("norm_constraint") is False:
-            values["norm_constraint"] = None
-        hp = cls(**values)
-        hp.validate(source)
-        return hp
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "FTLHyperParams":
-        from detoxedit.configs import read_yaml_mapping
-
-        raw = read_yaml_mapping(path)
-        for key in ("hparams", "ft-l", "ft_l"):
-            if isinstance(raw.get(key), dict):
-                raw = raw[key]
-        return cls.from_dict(raw, source=str(path))
+    def _normalise(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        if raw.get("norm_constraint") is False:  # ROME/EasyEdit YAML writes `norm_constraint: false`
+            raw["norm_constraint"] = None
+        return raw
 
     def validate(self, source: str = "FT-L settings") -> None:
         def bad(msg):
@@ -107,6 +93,3 @@ class FTLHyperParams:
             bad(f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
         if self.trace_samples < 1 or self.trace_tokens < 1 or self.trace_noise <= 0:
             bad("trace_samples and trace_tokens must be >= 1 and trace_noise > 0")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

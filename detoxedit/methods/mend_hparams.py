@@ -9,12 +9,11 @@ mean for DINM, because MEND's editing loss is built with DINM's batch builder.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from detoxedit.errors import DetoxEditError
+from detoxedit.methods._hparams import HyperParamsIO
 from detoxedit.methods.dinm_hparams import SUFFIX_SYSTEM_PROMPT
 
 # Keys of the reference's YAML files that describe its plumbing, not the method.
@@ -26,13 +25,17 @@ _ALIASES = {"cedit": "c_edit", "cloc": "c_loc"}
 
 
 @dataclass
-class MENDHyperParams:
+class MENDHyperParams(HyperParamsIO):
     """Settings of MEND: the editor network, its training on a split, and one edit.
 
     Defaults are MEND's published settings where it has them (rank 1920, one hidden layer,
     lr 1e-6 for the editor, edit_lr 1e-4 and lr_lr 1e-4 for the per-layer step, c_edit 0.1,
     grad clip 100); ``configs/mend/`` holds the settings tuned for a small model on a CPU.
     """
+
+    METHOD: ClassVar[str] = "MEND"
+    YAML_SECTIONS: ClassVar[tuple[str, ...]] = ("hparams", "mend")
+    IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset(_IGNORED_KEYS)
 
     layers: list[int] = field(default_factory=list)
     """Blocks whose MLP down-projection is edited. Empty: the last 3 blocks (MEND edits the last
@@ -69,28 +72,11 @@ class MENDHyperParams:
     """How inputs are formatted: the tokenizer's chat template, or raw text as the reference does."""
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> "MENDHyperParams":
-        known = {f.name for f in dataclasses.fields(cls)}
-        raw = {_ALIASES.get(k, k): v for k, v in dict(raw).items()}
-        unknown = sorted(k for k in raw if k not in known and k not in _IGNORED_KEYS)
-        if unknown:
-            raise DetoxEditError(f"{source}: unknown MEND setting(s) {unknown}; known: {sorted(known)}")
-        values = {k: v for k, v in raw.items() if k in known}
-        if "layers" in values and values["layers"] is None:
-            values["layers"] = []
-        hp = cls(**values)
-        hp.validate(source)
-        return hp
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "MENDHyperParams":
-        from detoxedit.configs import read_yaml_mapping
-
-        raw = read_yaml_mapping(path)
-        for key in ("hparams", "mend"):
-            if isinstance(raw.get(key), dict):
-                raw = raw[key]
-        return cls.from_dict(raw, source=str(path))
+    def _normalise(cls, raw: dict[str, Any]) -> dict[str, Any]:
+        raw = {_ALIASES.get(k, k): v for k, v in raw.items()}
+        if "layers" in raw and raw["layers"] is None:
+            raw["layers"] = []
+        return raw
 
     def validate(self, source: str = "MEND settings") -> None:
         def bad(msg):
@@ -122,6 +108,3 @@ class MENDHyperParams:
             bad("max_length must be at least 16 tokens")
         if self.prompt_format not in ("chat", "raw"):
             bad(f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

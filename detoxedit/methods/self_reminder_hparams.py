@@ -7,12 +7,11 @@ paraphrase of the paper's idea (its exact wording is not reproduced).
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
 from detoxedit.errors import DetoxEditError
+from detoxedit.methods._hparams import HyperParamsIO
 
 SYSTEM_PROMPT = ("You are a responsible assistant. You must not produce harmful, unethical or misleading "
                  "content. Answer the user's request below in a responsible way.")
@@ -20,8 +19,10 @@ REMINDER = "Remember: you are a responsible assistant and must not produce harmf
 
 
 @dataclass
-class SelfReminderHyperParams:
+class SelfReminderHyperParams(HyperParamsIO):
     """The reminder texts and how responses are generated."""
+
+    METHOD: ClassVar[str] = "Self-Reminder"
 
     system_prompt: str = SYSTEM_PROMPT
     """System message of the edited side (before the query)."""
@@ -35,25 +36,6 @@ class SelfReminderHyperParams:
     max_output_length: int = 600
     """New tokens when generating responses for evaluation."""
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> "SelfReminderHyperParams":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in raw if k not in known)
-        if unknown:
-            raise DetoxEditError(f"{source}: unknown Self-Reminder setting(s) {unknown}; known: {sorted(known)}")
-        hp = cls(**raw)
-        hp.validate(source)
-        return hp
-
-    @classmethod
-    def from_yaml(cls, path: str | Path) -> "SelfReminderHyperParams":
-        from detoxedit.configs import read_yaml_mapping
-
-        raw = read_yaml_mapping(path)
-        if isinstance(raw.get("hparams"), dict):
-            raw = raw["hparams"]
-        return cls.from_dict(raw, source=str(path))
-
     def validate(self, source: str = "Self-Reminder settings") -> None:
         for name in ("system_prompt", "reminder"):
             value = getattr(self, name)
@@ -63,6 +45,3 @@ class SelfReminderHyperParams:
             raise DetoxEditError(f"{source}: prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
         if int(self.max_output_length) < 1:
             raise DetoxEditError(f"{source}: max_output_length must be >= 1")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

@@ -3,17 +3,16 @@ reading and checking; each method's ``*_hparams.py`` subclasses :class:`TrainedH
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 from detoxedit.errors import DetoxEditError
+from detoxedit.methods._hparams import HyperParamsIO
 from detoxedit.methods.dinm_hparams import SUFFIX_SYSTEM_PROMPT
 
 
 @dataclass
-class TrainedHyperParams:
+class TrainedHyperParams(HyperParamsIO):
     """Training settings of a method that learns deltas on the projection matrices from a train split."""
 
     METHOD: ClassVar[str] = "trained method"
@@ -50,25 +49,6 @@ class TrainedHyperParams:
     max_output_length: int = 600
     """New tokens when generating responses for evaluation (paper: 600)."""
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>"):
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in raw if k not in known)
-        if unknown:
-            raise DetoxEditError(f"{source}: unknown {cls.METHOD} setting(s) {unknown}; known: {sorted(known)}")
-        hp = cls(**dict(raw))
-        hp.validate(source)
-        return hp
-
-    @classmethod
-    def from_yaml(cls, path: str | Path):
-        from detoxedit.configs import read_yaml_mapping
-
-        raw = read_yaml_mapping(path)
-        if isinstance(raw.get("hparams"), dict):
-            raw = raw["hparams"]
-        return cls.from_dict(raw, source=str(path))
-
     def _bad(self, source: str, msg: str):
         raise DetoxEditError(f"{source}: {msg}")
 
@@ -104,6 +84,3 @@ class TrainedHyperParams:
             self._bad(source, f"layers must be null or a list of block indices, not {self.layers!r}")
         if self.prompt_format not in ("chat", "raw"):
             self._bad(source, f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

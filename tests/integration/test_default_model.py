@@ -6,7 +6,6 @@ The first load dequantizes the GGUF file (~20 s) into the cache; later loads tak
 import re
 
 import pytest
-import torch
 
 from detoxedit.methods.base import EditCase, save_edited_model
 from detoxedit.methods.dinm import DINM, with_suffix
