@@ -42,7 +42,10 @@ done
 "$DX" compare $(for m in $METHODS; do echo "$OUT/$m"; done) --out "$OUT/compare"
 "$DX" compare $(for m in $METHODS; do echo "$OUT/$m"; done) --judge refusal --out "$OUT/compare-refusal"
 tall=$(for m in $TEST_ALL_METHODS; do [ -d "$OUT/$m-test_ALL" ] && echo "$OUT/$m-test_ALL"; done)
-[ -n "$tall" ] && "$DX" compare $tall --out "$OUT/compare-test_ALL"
+if [ -n "$tall" ]; then
+  "$DX" compare $tall --out "$OUT/compare-test_ALL"
+  "$DX" compare $tall --judge refusal --out "$OUT/compare-test_ALL-refusal"
+fi
 # The mechanism analysis of docs/analysis.md (probe, parameter toxicity, activation shift) on the same runs.
 "$DX" analyze --model default --runs $(for m in $METHODS; do echo "$OUT/$m"; done) --out "$OUT/analysis" --no-progress
 exit 0
