@@ -138,6 +138,18 @@ def save_config(cfg: RunConfig, run_dir: Path) -> None:
     tmp.replace(path)
 
 
+def first_per_category(indexed: list[tuple[int, object]], n: int) -> list[tuple[int, object]]:
+    """The first ``n`` (index, record) pairs of each unsafe category, in the given order."""
+    taken: dict[str, int] = {}
+    kept = []
+    for i, r in indexed:
+        cat = r.canonical_category or r.category
+        if taken.get(cat, 0) < n:
+            taken[cat] = taken.get(cat, 0) + 1
+            kept.append((i, r))
+    return kept
+
+
 def select_records(records: list, cfg: RunConfig, shard: tuple[int, int]) -> list[tuple[int, object]]:
     indexed = list(enumerate(records))
     if cfg.cases is not None:
@@ -147,14 +159,7 @@ def select_records(records: list, cfg: RunConfig, shard: tuple[int, int]) -> lis
         if missing:
             raise DetoxEditError(f"case id(s) not in the data: {sorted(missing)[:10]}")
     if cfg.per_category is not None:
-        taken: dict[str, int] = {}
-        kept = []
-        for i, r in indexed:
-            cat = r.canonical_category or r.category
-            if taken.get(cat, 0) < cfg.per_category:
-                taken[cat] = taken.get(cat, 0) + 1
-                kept.append((i, r))
-        indexed = kept
+        indexed = first_per_category(indexed, cfg.per_category)
     if cfg.limit is not None:
         indexed = indexed[: cfg.limit]
     i, n = shard

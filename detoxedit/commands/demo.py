@@ -29,14 +29,9 @@ def register(sub) -> None:
 
 def demo_cases(records, per_category: int) -> list[str]:
     """The first `per_category` case ids of each category, in file order."""
-    taken: dict[str, int] = {}
-    ids = []
-    for r in records:
-        cat = r.canonical_category or r.category
-        if taken.get(cat, 0) < per_category:
-            taken[cat] = taken.get(cat, 0) + 1
-            ids.append(str(r.id))
-    return ids
+    from detoxedit.bench.runner import first_per_category
+
+    return [str(r.id) for _, r in first_per_category(list(enumerate(records)), per_category)]
 
 
 def run_demo_general(cfg, args) -> None:
