@@ -18,7 +18,6 @@ and once: the toxic probe (cached in OUT), the localisation study, and a table o
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 from collections import Counter
@@ -535,22 +534,11 @@ def plots(doc: dict, out_dir: Path) -> dict[str, Path]:
 
 
 def write_outputs(doc: dict, out_dir: Path) -> dict[str, Path]:
-    from detoxedit.bench.report import _md_table_to_html
+    from detoxedit.bench.report import html_page, write_texts
 
     md = markdown(doc)
     pngs = plots(doc, out_dir / "plots")
-    imgs = "".join(
-        f'<figure><img alt="{k}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>'
-        for k, p in pngs.items())
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>detoxedit analysis</title><style>"
-            "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}"
-            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-            "font-size:13px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
-            "img{max-width:100%}</style></head><body>" + _md_table_to_html(md.replace("## ", "# ")) + imgs
-            + "</body></html>")
+    page = html_page("detoxedit analysis", md.replace("## ", "# "), pngs, width=1100)
     files = {"json": out_dir / "analysis.json", "md": out_dir / "analysis.md", "html": out_dir / "analysis.html"}
-    for key, text in (("json", json.dumps(doc, indent=1)), ("md", md), ("html", page)):
-        tmp = files[key].with_suffix(files[key].suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(files[key])
+    write_texts({files["json"]: json.dumps(doc, indent=1), files["md"]: md, files["html"]: page})
     return {**files, **{f"plot_{k}": v for k, v in pngs.items()}}

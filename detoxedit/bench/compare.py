@@ -23,7 +23,7 @@ import json
 import logging
 from pathlib import Path
 
-from detoxedit.bench.report import _fmt, _md_table_to_html, load_run, side_labels
+from detoxedit.bench.report import _fmt, html_page, load_run, side_labels, write_texts
 from detoxedit.errors import DetoxEditError
 from detoxedit.metrics.safety import METRIC_KEYS, bootstrap_ci, metric_table
 
@@ -193,15 +193,6 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def html_page(md: str) -> str:
-    return ("<!doctype html><html><head><meta charset='utf-8'><title>detoxedit comparison</title><style>"
-            "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
-            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-            "font-size:13px;text-align:right;white-space:nowrap}th{background:#f3f3f3}"
-            "td:first-child{text-align:left}tr:nth-child(2) td{background:#fafafa}</style></head><body>"
-            + _md_table_to_html(md) + "</body></html>")
-
-
 def write_comparison(run_dirs: list[str | Path], out_dir: str | Path = "compare", judge: str | None = None,
                      seed: int = 0) -> dict[str, Path]:
     result = compare_runs(run_dirs, judge, seed)
@@ -209,8 +200,7 @@ def write_comparison(run_dirs: list[str | Path], out_dir: str | Path = "compare"
     out.mkdir(parents=True, exist_ok=True)
     md = markdown(result)
     files = {"md": out / "compare.md", "html": out / "compare.html", "json": out / "compare.json"}
-    for key, text in (("md", md), ("html", html_page(md)), ("json", json.dumps(result, indent=2))):
-        tmp = files[key].with_suffix(files[key].suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(files[key])
+    page = html_page("detoxedit comparison", md, width=1200,
+                     extra_css="td,th{white-space:nowrap}tr:nth-child(2) td{background:#fafafa}")
+    write_texts({files["md"]: md, files["html"]: page, files["json"]: json.dumps(result, indent=2)})
     return files

@@ -248,17 +248,32 @@ def write_report(run_dir: str | Path, judge: str | None = None) -> dict[str, Pat
         m["general"] = json.loads(general_path.read_text())
     md = markdown(cfg, m)
     pngs = plots(records, m, run_dir / "plots")
+    page = html_page("detoxedit report", md, pngs)
+    files = {"metrics": run_dir / "metrics.json", "summary": run_dir / "summary.md", "html": run_dir / "report.html"}
+    write_texts({files["metrics"]: json.dumps(m, indent=2), files["summary"]: md, files["html"]: page})
+    return files
+
+
+def html_page(title: str, md: str, pngs: dict[str, Path] | None = None, width: int = 1000,
+              extra_css: str = "") -> str:
+    """One self-contained HTML page: the Markdown (headings, paragraphs, tables) and the PNGs inlined.
+
+    Shared by the run report, ``detoxedit compare`` and ``detoxedit analyze``.
+    """
     imgs = "".join(
         f'<figure><img alt="{k}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}"></figure>'
-        for k, p in pngs.items())
-    page = ("<!doctype html><html><head><meta charset='utf-8'><title>detoxedit report</title><style>"
-            "body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em}"
+        for k, p in (pngs or {}).items())
+    return ("<!doctype html><html><head><meta charset='utf-8'><title>" + title + "</title><style>"
+            f"body{{font-family:system-ui,sans-serif;max-width:{width}px;margin:2em auto;padding:0 1em}}"
             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
             "font-size:13px;text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
-            "img{max-width:100%}</style></head><body>" + _md_table_to_html(md) + imgs + "</body></html>")
-    files = {"metrics": run_dir / "metrics.json", "summary": run_dir / "summary.md", "html": run_dir / "report.html"}
-    for key, text in (("metrics", json.dumps(m, indent=2)), ("summary", md), ("html", page)):
-        tmp = files[key].with_suffix(files[key].suffix + ".tmp")
+            "img{max-width:100%}" + extra_css + "</style></head><body>" + _md_table_to_html(md) + imgs
+            + "</body></html>")
+
+
+def write_texts(texts: dict[Path, str]) -> None:
+    """Write each file atomically (a temporary file beside it, then rename)."""
+    for path, text in texts.items():
+        tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text)
-        tmp.replace(files[key])
-    return files
+        tmp.replace(path)
