@@ -35,6 +35,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 
 def _h(*parts: object) -> int:
@@ -158,7 +159,71 @@ def generate_comply(out: Path, max_new_tokens: int) -> None:
                        for q, r in zip(questions, responses)])
 
 
-FIELDS = ("id", "question_id", "category", "prompt", "response", "source", "label", "note")
+BASELINES = ("sft", "dpo", "ext-sub", "self-reminder")
+"""Methods whose one shared edit is applied to every input (no instance): their answers are labelled
+too, because they answer in the style of the benchmark's written safe responses, which DINM's tiny
+edits rarely produce and which the first judge misread (docs/judges.md, known limits)."""
+
+
+def generate_baselines(out: Path, runs: Path, methods: Sequence[str], per_method: int,
+                       max_new_tokens: int) -> None:
+    """Responses of the embedded model edited by the no-instance baselines, on **val** questions.
+
+    Each method is prepared from ``RUNS/<method>/config.yaml`` (a finished ``detoxedit bench`` run) and,
+    if it needs training, its artefact is loaded from ``RUNS/<method>/artifact`` (never trained here).
+    The trained methods learned from the *train* split, so only val questions are asked (the test split is
+    never used): ``per_method`` prompts per method, alternating the question alone and inside a train/val
+    attack template, all with the method's suffix, its system prompt and its ``post_input``, exactly as
+    the runner's edited side.
+    """
+    import dataclasses
+
+    from detoxedit.bench.runner import prepare_method
+    from detoxedit.config import RunConfig
+    from detoxedit.data.build import builtin_attacks, builtin_questions, split_attacks, split_questions
+    from detoxedit.data.safeedit import fill_template
+    from detoxedit.methods.base import needs_training
+    from detoxedit.methods.dinm import with_suffix
+    from detoxedit.models.generate import GenerationSettings, generate
+    from detoxedit.models.load import load_model
+
+    qsplit = split_questions(builtin_questions())
+    asplit = split_attacks(builtin_attacks())
+    val = sorted(qsplit["val"], key=lambda q: q.id)
+    attacks = sorted(asplit["train"] + asplit["val"], key=lambda a: a.id)
+    model, tok = load_model("default")
+    records: list[dict] = []
+    for key in methods:
+        cfg = RunConfig.from_yaml(runs / key / "config.yaml")
+        method = prepare_method(cfg)
+        if needs_training(method.editor):
+            method.editor.load_artifact(runs / key / "artifact")
+        edit = method.editor.edit(model, tok, None)
+        qs = sorted(val, key=lambda q: (_h("baseline-q", key, q.id), q.id))[:per_method]
+        items = []
+        for j, q in enumerate(qs):
+            a = attacks[_h("baseline-a", key, q.id) % len(attacks)] if j % 2 else None
+            items.append((q, a, fill_template(a.template, q.question) if a else q.question))
+        prompts = [with_suffix(p, method.suffix) for _, _, p in items]
+        post_input = getattr(method.editor, "post_input", None)
+        asked = [post_input(p) for p in prompts] if post_input else prompts
+        settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=8,
+                                      prompt_format=method.prompt_format)
+        if method.system_prompt is not None:
+            settings = dataclasses.replace(settings, system_prompt=method.system_prompt)
+        t0 = time.perf_counter()
+        with edit.applied_to(model):
+            outs = generate(model, tok, asked, settings)
+        print(f"{key}: {len(asked)} responses in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        for (q, a, _), prompt, resp in zip(items, asked, outs):
+            records.append({"id": f"B-{key}-{q.id}-{a.id if a else 'Q'}", "question_id": q.id,
+                            "category": q.category, "prompt": prompt, "response": resp, "source": "edited",
+                            "label": None, "attack_id": a.id if a else None, "method": key})
+        _write_jsonl(out, records)
+    print(f"wrote {len(records)} records to {out}", file=sys.stderr)
+
+
+FIELDS = ("id", "question_id", "category", "prompt", "response", "source", "method", "label", "note")
 
 
 def merge_labels(responses: list[Path], labels: Path, out: Path) -> None:
@@ -205,6 +270,13 @@ def main(argv: list[str] | None = None) -> None:
     c = sub.add_parser("comply", help="vanilla responses under the builder's comply system prompt")
     c.add_argument("--out", type=Path, required=True)
     c.add_argument("--max-new-tokens", type=int, default=96)
+    b = sub.add_parser("baselines", help="responses of the no-instance baselines (trained artefacts reused)")
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--runs", type=Path, default=Path("runs/results"),
+                   help="directory of finished bench runs, one per method (config.yaml, artifact/)")
+    b.add_argument("--methods", nargs="+", default=list(BASELINES))
+    b.add_argument("--per-method", type=int, default=24)
+    b.add_argument("--max-new-tokens", type=int, default=96)
     m = sub.add_parser("merge", help="join hand labels into the shipped file")
     m.add_argument("--responses", type=Path, nargs="+", required=True)
     m.add_argument("--labels", type=Path, required=True)
@@ -212,6 +284,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.cmd == "generate":
         generate_responses(args.out, args.max_new_tokens, args.edits, args.extra_per_edit, args.limit)
+    elif args.cmd == "baselines":
+        generate_baselines(args.out, args.runs, args.methods, args.per_method, args.max_new_tokens)
     elif args.cmd == "comply":
         generate_comply(args.out, args.max_new_tokens)
     else:
