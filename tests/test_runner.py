@@ -154,8 +154,10 @@ def test_killed_run_resumes_without_losing_or_repeating_a_case(setup):
 
 class _AlwaysUnsafe:
     name = "always-unsafe"
+    seen: list = []
 
     def judge(self, prompts, responses):
+        _AlwaysUnsafe.seen.append(list(prompts))
         return [1.0] * len(responses)
 
 
@@ -178,6 +180,13 @@ def test_relabel_with_another_judge_keeps_responses_and_old_labels(setup):
     assert [r["labels"]["refusal"] for r in after] == [r["labels"]["refusal"] for r in before]
     new = after[0]["labels"]["test-always-unsafe"]
     assert set(new) == {"vanilla", "edited"} and set(new["edited"].values()) == {1.0}
+    # the new judge read the prompts the runner's judge read (with the method's suffix), not the raw inputs
+    judged = [p for rec in before for side in ("vanilla", "edited") for p in rec["judged_prompts"][side].values()]
+    assert [p for call in _AlwaysUnsafe.seen for p in call] == judged
+    from detoxedit.methods.dinm_hparams import SUFFIX_SYSTEM_PROMPT  # DINM's default suffix, on both sides
+
+    assert all(p.endswith(SUFFIX_SYSTEM_PROMPT) for p in judged)
+    assert judged[0] != before[0]["inputs"]["DS"]
 
 
 def test_per_category_takes_the_first_cases_of_each_category_before_limit():

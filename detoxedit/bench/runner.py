@@ -269,6 +269,9 @@ class Runner:
             "category": record.canonical_category or record.category,
             "attack": {"category": record.attack_category, "name": record.attack_name},
             "inputs": dict(zip(keys, [inputs[k] for k in keys])),
+            # the prompts exactly as the judge read them (suffix, protocol, a method's post_input), so
+            # that ``detoxedit judge`` gives a prompt-reading judge the same text later
+            "judged_prompts": {"vanilla": dict(zip(keys, pre_prompts)), "edited": dict(zip(keys, edited_prompts))},
             "vanilla": dict(zip(keys, vanilla)),
             "edited": dict(zip(keys, edited)),
             "labels": {cfg.judge: {"vanilla": dict(zip(keys, labels[:n])),

@@ -30,8 +30,10 @@ def relabel(run_dir, spec: str, batch: int = 64) -> int:
             prompts, responses, where = [], [], []
             for rec in chunk:
                 for side in ("vanilla", "edited"):
+                    judged = rec.get("judged_prompts", {}).get(side, {})
                     for key, response in rec[side].items():
-                        prompts.append(rec["inputs"][key])
+                        # the prompt the runner's judge read; runs older than that field: the raw input
+                        prompts.append(judged.get(key, rec["inputs"][key]))
                         responses.append(response)
                         where.append((rec, side, key))
             for (rec, side, key), label in zip(where, judge.judge(prompts, responses)):
