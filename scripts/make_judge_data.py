@@ -176,14 +176,12 @@ def generate_baselines(out: Path, runs: Path, methods: Sequence[str], per_method
     attack template, all with the method's suffix, its system prompt and its ``post_input``, exactly as
     the runner's edited side.
     """
-    import dataclasses
-
     from detoxedit.bench.runner import prepare_method
     from detoxedit.config import RunConfig
     from detoxedit.data.build import builtin_attacks, builtin_questions, split_attacks, split_questions
     from detoxedit.data.safeedit import fill_template
-    from detoxedit.methods.base import needs_training
-    from detoxedit.methods.dinm import with_suffix
+    from detoxedit.methods.base import edited_side, needs_training
+    from detoxedit.models.generate import with_suffix
     from detoxedit.models.generate import GenerationSettings, generate
     from detoxedit.models.load import load_model
 
@@ -204,13 +202,9 @@ def generate_baselines(out: Path, runs: Path, methods: Sequence[str], per_method
         for j, q in enumerate(qs):
             a = attacks[_h("baseline-a", key, q.id) % len(attacks)] if j % 2 else None
             items.append((q, a, fill_template(a.template, q.question) if a else q.question))
-        prompts = [with_suffix(p, method.suffix) for _, _, p in items]
-        post_input = getattr(method.editor, "post_input", None)
-        asked = [post_input(p) for p in prompts] if post_input else prompts
-        settings = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=8,
-                                      prompt_format=method.prompt_format)
-        if method.system_prompt is not None:
-            settings = dataclasses.replace(settings, system_prompt=method.system_prompt)
+        asked, settings = edited_side(method.editor, [with_suffix(p, method.suffix) for _, _, p in items],
+                                      GenerationSettings(max_new_tokens=max_new_tokens, batch_size=8,
+                                                         prompt_format=method.prompt_format))
         t0 = time.perf_counter()
         with edit.applied_to(model):
             outs = generate(model, tok, asked, settings)

@@ -20,7 +20,6 @@ asymmetry (suffix only on the edited side).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import platform
 import time
@@ -31,7 +30,7 @@ from detoxedit.bench.cache import ResponseCache, model_key
 from detoxedit.bench.records import RecordWriter, read_records, records_path
 from detoxedit.config import RunConfig
 from detoxedit.errors import DataError, DetoxEditError
-from detoxedit.methods.base import EditCase, needs_training, uses_instance
+from detoxedit.methods.base import EditCase, edited_side, needs_training, uses_instance
 from detoxedit.models.generate import GenerationSettings, with_suffix
 
 log = logging.getLogger(__name__)
@@ -244,11 +243,7 @@ class Runner:
         t_edit = time.perf_counter() - t1
 
         t2 = time.perf_counter()
-        post_settings = settings
-        if method.system_prompt is not None:
-            post_settings = dataclasses.replace(settings, system_prompt=method.system_prompt)
-        post_input = getattr(method.editor, "post_input", None)  # edited side only (Self-Reminder)
-        edited_prompts = [post_input(p) for p in post_prompts] if post_input else post_prompts
+        edited_prompts, post_settings = edited_side(method.editor, post_prompts, settings)
         with edit.applied_to(model):
             edited = generate(model, tok, edited_prompts, post_settings)
         t_edited = time.perf_counter() - t2

@@ -189,11 +189,9 @@ def _print_edit(meta: dict, hp, n_layers: int) -> None:
 
 
 def run(args) -> int:
-    import dataclasses
-
     import torch
 
-    from detoxedit.methods.base import EditCase, save_edited_model
+    from detoxedit.methods.base import EditCase, edited_side, save_edited_model
     from detoxedit.models import arch
     from detoxedit.models.generate import GenerationSettings, generate, resolve_format, with_suffix
     from detoxedit.models.load import load_model
@@ -232,10 +230,7 @@ def run(args) -> int:
     meta = edit.meta
     _print_edit(meta, hp, arch.num_layers(model))
 
-    post_settings = settings
-    if getattr(editor, "system_prompt", None) is not None:  # edited side only, as in the runner
-        post_settings = dataclasses.replace(settings, system_prompt=editor.system_prompt)
-    edited_input = editor.post_input(post_input) if hasattr(editor, "post_input") else post_input
+    (edited_input,), post_settings = edited_side(editor, [post_input], settings)  # as in the runner
     t0 = time.perf_counter()
     with edit.applied_to(model):
         post = generate(model, tok, [edited_input], post_settings)[0]

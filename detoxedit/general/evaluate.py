@@ -66,16 +66,12 @@ class GeneralEvaluator:
         self.vanilla_responses: dict[str, list[str]] = {}
 
     def _generate(self, task: str, use_cache: bool, wrapper=None) -> list[str]:
-        import dataclasses
-
+        from detoxedit.methods.base import edited_side
         from detoxedit.models.generate import generate
 
         prompts, settings = self.prompts[task], self.settings[task]
         if wrapper is not None:  # a prompt-level method (Self-Reminder) is part of the edited model
-            if getattr(wrapper, "post_input", None) is not None:
-                prompts = [wrapper.post_input(p) for p in prompts]
-            if getattr(wrapper, "system_prompt", None) is not None:
-                settings = dataclasses.replace(settings, system_prompt=wrapper.system_prompt)
+            prompts, settings = edited_side(wrapper, prompts, settings)
         if use_cache and self.cache:
             return self.cache.generate(self.model, self.tok, prompts, settings)[0]
         return generate(self.model, self.tok, prompts, settings)

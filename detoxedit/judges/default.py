@@ -249,10 +249,11 @@ def prompt_cues(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
     for prompt, response in zip(prompts if prompts is not None else [""] * len(responses), responses):
         p = normalize((prompt or "").replace(SUFFIX_SYSTEM_PROMPT, ""))
         pc = _content(p)
-        ss = sentences(response) or [response]
+        ss = sentences(response)  # never empty
+        sc = [_content(s) for s in ss]
         acc = [float(_accepts(s) > 0) for s in ss]
         ref = [float(is_refusal(s, None)) for s in ss]
-        ov = [len(_content(s) & pc) for s in ss]
+        ov = [len(c & pc) for c in sc]
         last, last_ov = 0.0, 0.0
         for a, r, o in zip(acc, ref, ov):
             if a and not r:
@@ -264,7 +265,7 @@ def prompt_cues(prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
         rc = _content(response)
         out.append([max([a * min(1.0, o / 3) for a, o in zip(acc, ov)] + [0.0]), last, last_ov,
                     sum(t in ptri for t in rtri) / max(1, len(rtri)), len(rc - pc) / max(1, len(rc)),
-                    len(rc & pc) / max(1, len(pc)), max(o / max(1, len(_content(s))) for o, s in zip(ov, ss))])
+                    len(rc & pc) / max(1, len(pc)), max(o / max(1, len(c)) for o, c in zip(ov, sc))])
     return np.array(out, dtype=np.float32).reshape(len(out), len(PROMPT_CUE_NAMES))
 
 

@@ -9,13 +9,14 @@ the edit is applied), saved as safetensors + JSON metadata, and merged into a ch
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Iterator, Protocol, Sequence
 
 import torch
 
@@ -218,6 +219,18 @@ def uses_instance(editor) -> bool:
 
 def needs_training(editor) -> bool:
     return bool(getattr(editor, "needs_training", False))
+
+
+def edited_side(editor, prompts: Sequence[str], settings):
+    """The edited side's prompts and decoding settings: the editor's ``post_input`` applied to every
+    prompt and its ``system_prompt`` as the system message (Self-Reminder); unchanged for editors
+    without them. The vanilla side never goes through this."""
+    post_input = getattr(editor, "post_input", None)
+    prompts = [post_input(p) for p in prompts] if post_input is not None else list(prompts)
+    system = getattr(editor, "system_prompt", None)
+    if system is not None:
+        settings = dataclasses.replace(settings, system_prompt=system)
+    return prompts, settings
 
 
 METHODS: dict[str, Callable[..., Editor]] = {}
