@@ -304,11 +304,7 @@ def test_label_readings_match_shipped_labels():
     """``label_readings.tsv`` (two independent readings + the final label) covers every shipped response,
     its final column is the shipped label, and every response whose first reading was overturned by the
     adjudication is listed in ``label_changes.json``."""
-    rows = {}
-    for line in data_path("label_readings.tsv").read_text().splitlines():
-        if line.strip() and not line.startswith("#") and not line.startswith("id\t"):
-            rid, first, second, final = line.split("\t")[:4]
-            rows[rid] = (int(first), int(second), int(final))
+    rows = _train_script().readings()  # the parser the training script reports agreement with
     shipped = {r["id"]: r["label"] for r in _labelled()}
     assert set(rows) == set(shipped)
     assert all(rows[i][2] == shipped[i] for i in shipped)
