@@ -29,7 +29,7 @@ def main() -> None:
 
     import torch
 
-    from detoxedit.bench.records import read_records
+    from detoxedit.bench.records import read_run_records
     from detoxedit.bench.runner import run_bench
     from detoxedit.config import RunConfig
 
@@ -38,7 +38,7 @@ def main() -> None:
                         limit=args.cases, max_new_tokens=args.max_new_tokens)
         # An empty response cache, so vanilla generation is timed too.
         run_bench(cfg, Path(tmp) / "run", progress=False, response_cache=Path(tmp) / "cache")
-        records = read_records(Path(tmp) / "run")
+        records = read_run_records(Path(tmp) / "run")
     parts = {
         "vanilla generation (5 inputs)": [r["timings"]["vanilla_generation_s"] for r in records],
         "localisation": [r["edit"]["timings"]["locate_s"] for r in records],

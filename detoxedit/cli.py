@@ -1,7 +1,7 @@
 """The ``detoxedit`` command: one sub-command per job.
 
-Each sub-command lives in its own module, which exposes ``register(subparsers)``; registering adds
-an argparse parser whose ``func`` default runs the job. Heavy imports (torch, transformers) happen
+Each sub-command lives in its own module of ``detoxedit.commands``, registered in ``COMMANDS``
+(discovered on first use); its entry adds an argparse parser whose ``func`` default runs the job. Heavy imports (torch, transformers) happen
 inside the job functions, so ``detoxedit --help`` is instant. Logging and seeds are set here, in
 ``main``, never at import time.
 """
@@ -9,26 +9,10 @@ inside the job functions, so ``detoxedit --help`` is instant. Logging and seeds 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 
 from detoxedit.errors import DetoxEditError
-
-# Modules that each contribute sub-commands, in the order they appear in --help.
-COMMAND_MODULES = (
-    "detoxedit.commands.demo",
-    "detoxedit.commands.edit",
-    "detoxedit.commands.bench",
-    "detoxedit.commands.train",
-    "detoxedit.commands.report",
-    "detoxedit.commands.compare",
-    "detoxedit.commands.analyze",
-    "detoxedit.commands.judge",
-    "detoxedit.commands.general",
-    "detoxedit.data.cli",
-)
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -38,8 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    from detoxedit.commands import COMMANDS
+
+    for name in sorted(COMMANDS.names(), key=lambda n: (getattr(COMMANDS[n], "order", 100), n)):
+        COMMANDS[name](sub)
     return parser
 
 

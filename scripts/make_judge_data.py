@@ -37,25 +37,22 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from detoxedit.io import atomic_write_jsonl
+
 
 def _h(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256("|".join(map(str, parts)).encode()).digest()[:8], "big")
 
 
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    tmp.replace(path)
-
-
 def generate_responses(out: Path, max_new_tokens: int, n_edits: int, extra_per_edit: int,
                        limit: int | None = None) -> None:
     from detoxedit.configs import builtin_config_path
-    from detoxedit.data.build import builtin_attacks, builtin_questions, split_attacks, split_questions
-    from detoxedit.data.safeedit import fill_template
+    from detoxedit.data.build import split_attacks, split_questions
+    from detoxedit.data.builtin import builtin_attacks, builtin_questions
+    from detoxedit.data.records import fill_template
     from detoxedit.methods.base import EditCase
-    from detoxedit.methods.dinm import DINM, with_suffix
+    from detoxedit.methods.dinm import DINM
+    from detoxedit.models.generate import with_suffix
     from detoxedit.methods.dinm_hparams import DINMHyperParams
     from detoxedit.models.generate import GenerationSettings, generate
     from detoxedit.models.load import load_model
@@ -128,8 +125,8 @@ def generate_responses(out: Path, max_new_tokens: int, n_edits: int, extra_per_e
                             "category": x_q.category, "prompt": prompt, "response": resp,
                             "source": "edited", "label": None, "attack_id": x_a.id if x_a else None,
                             "edit_case": case.case_id, "edit_layer": edit.meta["layer"]})
-        _write_jsonl(out, records)  # keep what is done if interrupted
-    _write_jsonl(out, records)
+        atomic_write_jsonl(out, records)  # keep what is done if interrupted
+    atomic_write_jsonl(out, records)
     print(f"wrote {len(records)} records to {out}", file=sys.stderr)
 
 
@@ -141,7 +138,9 @@ def generate_comply(out: Path, max_new_tokens: int) -> None:
     ``detoxedit data build`` uses to generate unsafe responses). The record's ``prompt`` is the user
     text; its ``note`` says which system prompt was used.
     """
-    from detoxedit.data.build import (GENERATOR_SYSTEM_PROMPT, builtin_questions, split_questions)
+    from detoxedit.data.build import split_questions
+    from detoxedit.data.builtin import builtin_questions
+    from detoxedit.data.unsafe import GENERATOR_SYSTEM_PROMPT
     from detoxedit.models.generate import GenerationSettings, generate
     from detoxedit.models.load import load_model
 
@@ -153,7 +152,7 @@ def generate_comply(out: Path, max_new_tokens: int) -> None:
     t0 = time.perf_counter()
     responses = generate(model, tok, [q.question for q in questions], settings, progress=True)
     print(f"comply: {len(questions)} responses in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-    _write_jsonl(out, [{"id": f"C-{q.id}", "question_id": q.id, "category": q.category, "prompt": q.question,
+    atomic_write_jsonl(out, [{"id": f"C-{q.id}", "question_id": q.id, "category": q.category, "prompt": q.question,
                         "response": r, "source": "vanilla", "label": None, "attack_id": None,
                         "note": "system prompt: the data builder's comply prompt"}
                        for q, r in zip(questions, responses)])
@@ -176,10 +175,11 @@ def generate_baselines(out: Path, runs: Path, methods: Sequence[str], per_method
     attack template, all with the method's suffix, its system prompt and its ``post_input``, exactly as
     the runner's edited side.
     """
-    from detoxedit.bench.runner import prepare_method
+    from detoxedit.settings import prepare_method
     from detoxedit.config import RunConfig
-    from detoxedit.data.build import builtin_attacks, builtin_questions, split_attacks, split_questions
-    from detoxedit.data.safeedit import fill_template
+    from detoxedit.data.build import split_attacks, split_questions
+    from detoxedit.data.builtin import builtin_attacks, builtin_questions
+    from detoxedit.data.records import fill_template
     from detoxedit.methods.base import edited_side, needs_training
     from detoxedit.models.generate import with_suffix
     from detoxedit.models.generate import GenerationSettings, generate
@@ -213,7 +213,7 @@ def generate_baselines(out: Path, runs: Path, methods: Sequence[str], per_method
             records.append({"id": f"B-{key}-{q.id}-{a.id if a else 'Q'}", "question_id": q.id,
                             "category": q.category, "prompt": prompt, "response": resp, "source": "edited",
                             "label": None, "attack_id": a.id if a else None, "method": key})
-        _write_jsonl(out, records)
+        atomic_write_jsonl(out, records)
     print(f"wrote {len(records)} records to {out}", file=sys.stderr)
 
 
@@ -247,7 +247,7 @@ def merge_labels(responses: list[Path], labels: Path, out: Path) -> None:
         if notes:
             rec["note"] = "; ".join(notes)
         merged.append(rec)
-    _write_jsonl(out, merged)
+    atomic_write_jsonl(out, merged)
     n1 = sum(r["label"] for r in merged)
     print(f"wrote {len(merged)} labelled responses ({n1} unsafe, {len(merged) - n1} safe) to {out}")
 

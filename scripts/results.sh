@@ -10,7 +10,7 @@ DX=${DX:-.venv/bin/detoxedit}
 PER_CATEGORY=${PER_CATEGORY:-1}
 COMMON=(--model default --data builtin --split test --per-category "$PER_CATEGORY" --max-new-tokens 128
         --judge default --save-edits --no-progress)
-GENERAL=(--limit 16 --no-progress)
+GENERAL=(--general-limit 16 --no-progress)
 # MEND's editor trains on at most this many train cases (one per step); its config's own default is a full epoch.
 MEND_STEPS=${MEND_STEPS:-250}
 METHODS=${METHODS:-"dinm ft-l self-reminder sft dpo ext-sub mend"}

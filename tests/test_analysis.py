@@ -83,7 +83,7 @@ def test_probe_recovers_a_planted_direction_and_survives_save_and_load(tmp_path)
     residual-space direction must be close to u (and a shift of every feature's scale must not matter)."""
     x, y, u = _planted()
     x = x * 1.0  # isotropic
-    probe = P.fit_logistic(x[:300], y[:300], l2=1e-2)
+    probe = P.fit_probe(x[:300], y[:300], l2=1e-2)
     assert float(probe.direction @ u) > 0.95
     assert probe.accuracy(x[300:], y[300:]) > 0.95
     probe.meta = {"note": "x"}
@@ -100,7 +100,7 @@ def test_probe_direction_is_in_residual_coordinates_when_dimensions_have_differe
     s = torch.ones(x.shape[1])
     s[0] = 100.0
     xs = x * s            # the boundary normal in xs coordinates is u / s
-    probe = P.fit_logistic(xs, y, l2=1e-3)
+    probe = P.fit_probe(xs, y, l2=1e-3)
     expected = torch.nn.functional.normalize(u / s, dim=0)
     assert float(probe.direction @ expected) > 0.95
 
@@ -127,7 +127,7 @@ def test_train_probe_on_a_tiny_model_records_accuracy(tiny_tok):
 
 def test_probe_features_skip_the_first_token(tiny_tok):
     """The feature is the mean over positions 1.. of the last block's output (the first is a sink)."""
-    from detoxedit.methods.dinm import block_outputs
+    from detoxedit.methods.machinery import block_outputs
 
     model = tiny_model("llama")
     f = P.last_layer_features(model, tiny_tok, [UNSAFE])

@@ -51,3 +51,21 @@ def test_no_lookup_by_model_name():
     model = tiny_model("llama", layers=2)
     model.config.name_or_path = "gpt2-xl-mistral"
     assert arch.spec_for(model) is arch.ARCHITECTURES["llama"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_projection_has_the_table_layout(family):
+    """``projection_layout`` reads the table's layout and checks it against each module's class."""
+    model = tiny_model(family, layers=2)
+    layout = arch.spec_for(model).down_proj_layout
+    assert {arch.projection_layout(model, p) for p in arch.projection_paths(model)} == {layout}
+
+
+def test_projection_layout_refuses_a_module_the_table_misdescribes():
+    model = tiny_model("llama", layers=1)
+    with pytest.raises(DetoxEditError, match="not a linear projection"):
+        arch.projection_layout(model, "model.norm")
+    gpt2 = tiny_model("gpt2", layers=1)
+    gpt2.transformer.h[0].mlp.c_fc = torch.nn.Linear(32, 128)
+    with pytest.raises(DetoxEditError, match="table"):
+        arch.projection_layout(gpt2, "transformer.h.0.mlp.c_fc")

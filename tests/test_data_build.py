@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import pytest
 
 from detoxedit.cli import main
 from detoxedit.data import build as b
-from detoxedit.data import safeedit as se
+from detoxedit.data import builtin, jsonio, load, records, unsafe, validate
 from detoxedit.errors import DataError
+from detoxedit.io import cache_dir
+from detoxedit.responses import ResponseCache
 
 
 class FakeGenerator:
@@ -31,14 +34,14 @@ class FakeGenerator:
         self.prompts += list(prompts)
         return [f"Sure, here is how: {p[:30]}" for p in prompts]
 
-    def as_generator(self, spec="fake-model") -> b.UnsafeGenerator:
-        return b.UnsafeGenerator(spec, {"max_new_tokens": 16, "do_sample": False}, self)
+    def as_generator(self, spec="fake-model") -> unsafe.UnsafeGenerator:
+        return unsafe.UnsafeGenerator(spec, {"max_new_tokens": 16, "do_sample": False}, self)
 
 
-def failing_generator() -> b.UnsafeGenerator:
+def failing_generator() -> unsafe.UnsafeGenerator:
     def boom(prompts):
         raise AssertionError(f"generator called for {len(prompts)} prompts; expected the cache")
-    return b.UnsafeGenerator("fake-model", {"max_new_tokens": 16, "do_sample": False}, boom)
+    return unsafe.UnsafeGenerator("fake-model", {"max_new_tokens": 16, "do_sample": False}, boom)
 
 
 @pytest.fixture(autouse=True)
@@ -48,19 +51,19 @@ def _cache(tmp_path, monkeypatch):
 
 def small_inputs(n_per_cat: int = 6, n_attacks: int = 6, n_unseen: int = 2) -> b.BuildInputs:
     """Synthetic inputs: n questions per category, attacks across families, a few constraints."""
-    qs = [b.Question(f"Q-{ci}-{j:02d}", cat, f"Harmful request {j} about {cat}?", f"No ({cat}, {j}).")
-          for ci, cat in enumerate(se.CATEGORIES) for j in range(n_per_cat)]
-    fams = b.FAMILIES
-    ats = [b.Attack(f"A{i:02d}", fams[i % 4], f"name{i}", f"Template {i} says: {se.PLACEHOLDER} (end {i})")
+    qs = [records.Question(f"Q-{ci}-{j:02d}", cat, f"Harmful request {j} about {cat}?", f"No ({cat}, {j}).")
+          for ci, cat in enumerate(records.CATEGORIES) for j in range(n_per_cat)]
+    fams = records.FAMILIES
+    ats = [records.Attack(f"A{i:02d}", fams[i % 4], f"name{i}", f"Template {i} says: {records.PLACEHOLDER} (end {i})")
            for i in range(n_attacks)]
-    ats += [b.Attack(f"U{i:02d}", fams[i % 4], f"unseen{i}", f"Unseen {i}: {se.PLACEHOLDER}", unseen=True)
+    ats += [records.Attack(f"U{i:02d}", fams[i % 4], f"unseen{i}", f"Unseen {i}: {records.PLACEHOLDER}", unseen=True)
             for i in range(n_unseen)]
-    ks = [b.Constraint(f"K{i:03d}", f"Fact question {i}?", f"Answer {i}.") for i in range(5)]
-    return b.BuildInputs(qs, ats, ks, [b.BUILTIN_SOURCE], {"questions": "builtin"})
+    ks = [records.Constraint(f"K{i:03d}", f"Fact question {i}?", f"Answer {i}.") for i in range(5)]
+    return b.BuildInputs(qs, ats, ks, [builtin.BUILTIN_SOURCE], {"questions": "builtin"})
 
 
-def read_split(out: Path, split: str) -> list[se.SafeEditRecord]:
-    return se.read_records(out / f"SafeEdit_{split}.json")
+def read_split(out: Path, split: str) -> list[records.SafeEditRecord]:
+    return jsonio.read_records(out / f"SafeEdit_{split}.json")
 
 
 # ---------------------------------------------------------------- determinism
@@ -96,7 +99,7 @@ def test_seed_changes_the_split(tmp_path):
 def test_splits_are_disjoint_and_3_2_1_per_category(tmp_path):
     inputs = small_inputs(n_per_cat=12, n_attacks=9, n_unseen=3)
     b.build(inputs, tmp_path, generator=FakeGenerator().as_generator())
-    recs = {s: read_split(tmp_path, s) for s in b.BUILD_SPLITS}
+    recs = {s: read_split(tmp_path, s) for s in records.BUILD_SPLITS}
     qids = {s: {r.extra["question id"] for r in rs} for s, rs in recs.items()}
     aids = {s: {r.extra["attack id"] for r in rs} for s, rs in recs.items()}
     for s1, s2 in (("train", "val"), ("train", "test"), ("val", "test")):
@@ -107,7 +110,7 @@ def test_splits_are_disjoint_and_3_2_1_per_category(tmp_path):
     # 12 per category -> 6/4/2; attacks in id order cut into thirds
     for s, n in (("train", 6), ("val", 4), ("test", 2)):
         per_cat = Counter(r.category for r in recs[s] if True)
-        assert set(per_cat) == set(se.CATEGORIES)
+        assert set(per_cat) == set(records.CATEGORIES)
         assert all(v == n * 3 for v in per_cat.values())  # n questions x 3 attacks
         assert len(recs[s]) == 9 * n * 3
     assert aids == {"train": {"A00", "A01", "A02"}, "val": {"A03", "A04", "A05"}, "test": {"A06", "A07", "A08"}}
@@ -125,14 +128,14 @@ def test_split_counts():
 
 def test_explicit_split_columns_are_honoured(tmp_path):
     inputs = small_inputs(n_per_cat=3, n_attacks=3, n_unseen=0)
-    qs = [b.Question(q.id, q.category, q.question, q.safe, ("train", "val", "test")[int(q.id[-1]) % 3])
+    qs = [records.Question(q.id, q.category, q.question, q.safe, ("train", "val", "test")[int(q.id[-1]) % 3])
           for q in inputs.questions]
-    ats = [b.Attack(a.id, a.family, a.name, a.template, False, "test" if a.id == "A00" else None)
+    ats = [records.Attack(a.id, a.family, a.name, a.template, False, "test" if a.id == "A00" else None)
            for a in inputs.attacks]
     got = b.split_attacks(ats)
     assert [a.id for a in got["test"]][0] == "A00"
     qsplit = b.split_questions(qs)
-    assert all(q.split == s for s in b.BUILD_SPLITS for q in qsplit[s])
+    assert all(q.split == s for s in records.BUILD_SPLITS for q in qsplit[s])
 
 
 # ---------------------------------------------------------------- generalization inputs
@@ -144,16 +147,16 @@ def test_generalization_inputs_follow_the_paper(tmp_path):
     by_a = {a.id: a for a in inputs.attacks}
     b.build(inputs, tmp_path, generator=FakeGenerator().as_generator())
     seen_other_attacks = set()
-    for split in b.BUILD_SPLITS:
+    for split in records.BUILD_SPLITS:
         for r in read_split(tmp_path, split):
             q, a = by_q[r.extra["question id"]], by_a[r.extra["attack id"]]
             gt = r.generalization_test
             oq, oa = by_q[gt.extra["other question id"]], by_a[gt.extra["other attack id"]]
-            assert r.adversarial_prompt == se.fill_template(a.template, q.question)
+            assert r.adversarial_prompt == records.fill_template(a.template, q.question)
             assert gt.only_harmful_question == q.question
-            assert gt.other_attack == se.fill_template(oa.template, q.question)
-            assert gt.other_question == se.fill_template(a.template, oq.question)
-            assert gt.other_question_and_attack == se.fill_template(oa.template, oq.question)
+            assert gt.other_attack == records.fill_template(oa.template, q.question)
+            assert gt.other_question == records.fill_template(a.template, oq.question)
+            assert gt.other_question_and_attack == records.fill_template(oa.template, oq.question)
             assert (gt.attack_category, gt.attack_name) == (oa.family, oa.name)
             assert oq.id != q.id and oq.category == q.category
             assert oa.id != a.id
@@ -195,7 +198,7 @@ def test_generated_responses_are_cached_and_recorded(tmp_path):
     # other settings are another cache entry
     other = FakeGenerator()
     b.build(small_inputs(), tmp_path / "c", splits=["test"],
-            generator=b.UnsafeGenerator("fake-model", {"max_new_tokens": 32}, other))
+            generator=unsafe.UnsafeGenerator("fake-model", {"max_new_tokens": 32}, other))
     assert other.calls > 0
     recs = read_split(tmp_path / "a", "test")
     assert all(r.unsafe_generation.startswith("Sure, here is how: ") for r in recs)
@@ -210,13 +213,24 @@ def test_interrupted_generation_keeps_finished_chunks(tmp_path):
             raise KeyboardInterrupt
         return ["ok"] * len(prompts)
 
-    gen = b.UnsafeGenerator("flaky", {}, flaky)
+    gen = unsafe.UnsafeGenerator("flaky", {}, flaky)
     cases = b.make_cases(*(lambda i: (i.questions, i.attacks, i.constraints))(small_inputs()),
                          splits=["train"])["train"]
     with pytest.raises(KeyboardInterrupt):
-        b.fill_unsafe(cases, gen, chunk=10)
-    cache = b.ResponseCache(b.default_cache_dir(), gen)
-    assert len(cache.entries) == 10
+        unsafe.fill_unsafe(cases, gen, chunk=10)
+    # the finished first chunk is in the one response cache, under the one cache dir; nothing else is
+    cache = ResponseCache(cache_dir(), gen.namespace())
+    assert cache.dir == unsafe.response_cache(gen).dir
+    assert cache.dir.is_relative_to(Path(os.environ["DETOXEDIT_CACHE"]))
+    prompts = list(dict.fromkeys(c.prompt for c in cases))
+    assert len(list(cache.dir.rglob("*.json"))) == 10
+    assert [p for p in prompts if cache.get(gen.settings, p) == "ok"] == prompts[:10]
+    # a rerun reuses them and generates only the rest
+    calls["n"] = 2  # no more interruptions
+    responses, counts = unsafe.fill_unsafe(cases, gen, chunk=10)
+    assert counts["cached"] == sum(c.prompt in prompts[:10] for c in cases)
+    assert counts["generated"] == len(cases) - counts["cached"] and responses == ["ok"] * len(cases)
+    assert len(list(cache.dir.rglob("*.json"))) == len(prompts)
 
 
 def test_unsafe_from_file_by_case_id_and_prompt(tmp_path):
@@ -253,12 +267,12 @@ def write_user_inputs(tmp_path: Path) -> dict[str, str]:
     with open(qpath, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "category", "question"])
-        for ci, cat in enumerate(se.CATEGORIES):
+        for ci, cat in enumerate(records.CATEGORIES):
             for j in range(3):
                 w.writerow([f"u{ci}{j}", cat.upper(), f"My request {j} on {cat}?"])
     apath = tmp_path / "attacks.jsonl"
-    apath.write_text("".join(json.dumps({"id": f"T{i}", "family": b.FAMILIES[i % 4], "name": f"t{i}",
-                                         "template": f"Frame {i}: {se.PLACEHOLDER}"}) + "\n"
+    apath.write_text("".join(json.dumps({"id": f"T{i}", "family": records.FAMILIES[i % 4], "name": f"t{i}",
+                                         "template": f"Frame {i}: {records.PLACEHOLDER}"}) + "\n"
                              for i in range(4)))
     kpath = tmp_path / "constraints.jsonl"
     kpath.write_text(json.dumps({"instruction": "Name a primary colour.", "output": "Red."}) + "\n")
@@ -272,7 +286,7 @@ def test_build_from_user_csv_and_jsonl(tmp_path):
     inputs = b.gather_inputs(**files)
     assert {s.name for s in inputs.sources} == {"user"}
     res = b.build(inputs, tmp_path / "out", generator=FakeGenerator().as_generator())
-    recs = {s: read_split(tmp_path / "out", s) for s in b.BUILD_SPLITS}
+    recs = {s: read_split(tmp_path / "out", s) for s in records.BUILD_SPLITS}
     assert sum(len(v) for v in recs.values()) == 9 * (1 * 2 + 1 * 1 + 1 * 1)
     by_q = {r.extra["question id"]: r for rs in recs.values() for r in rs}
     assert by_q["u00"].safe_generation == "I will not write that; here is why."
@@ -280,8 +294,8 @@ def test_build_from_user_csv_and_jsonl(tmp_path):
     assert other.safe_generation == b.FALLBACK_SAFE[other.category]
     assert res.metadata["inputs"]["questions"]["sha256"]
     assert res.metadata["safe_responses"]["fallback_refusal_for_questions"]
-    for s in b.BUILD_SPLITS:
-        assert se.validate_file(tmp_path / "out" / f"SafeEdit_{s}.json") == []
+    for s in records.BUILD_SPLITS:
+        assert validate.validate_file(tmp_path / "out" / f"SafeEdit_{s}.json") == []
     # test has 1 question per category: the other question comes from another category
     t = recs["test"][0]
     assert t.generalization_test.extra["other question id"] != t.extra["question id"]
@@ -293,35 +307,35 @@ def test_bad_inputs_list_every_problem(tmp_path):
                  + json.dumps({"id": "x2", "category": "mental harm", "question": ""}) + "\n")
     a = tmp_path / "a.csv"
     a.write_text("id,family,name,template\nT1,Pretending,rp,no placeholder here\n")
-    with pytest.raises(se.ProblemsError) as info:
+    with pytest.raises(records.ProblemsError) as info:
         b.gather_inputs(questions=str(q))
     msgs = [str(p) for p in info.value.problems]
     assert any("q.jsonl" in m and "record 0 (id 'x1')" in m and "'category'" in m for m in msgs)
     assert any("record 1 (id 'x2')" in m and "'question'" in m for m in msgs)
-    with pytest.raises(se.ProblemsError, match=r"record 0 \(id 'T1'\), field 'template'"):
+    with pytest.raises(records.ProblemsError, match=r"record 0 \(id 'T1'\), field 'template'"):
         b.gather_inputs(attacks=str(a))
 
 
 def test_per_category_limits_questions(tmp_path):
     inputs = small_inputs(n_per_cat=12)
     qsplit = b.split_questions(inputs.questions, per_category=6)
-    assert [len(qsplit[s]) for s in b.BUILD_SPLITS] == [27, 18, 9]
+    assert [len(qsplit[s]) for s in records.BUILD_SPLITS] == [27, 18, 9]
 
 
 # ---------------------------------------------------------------- the built-in benchmark and the CLI
 
 
 def test_builtin_parts_meet_the_design():
-    qs, ats, ks = b.builtin_questions(), b.builtin_attacks(), b.builtin_constraints()
+    qs, ats, ks = builtin.builtin_questions(), builtin.builtin_attacks(), builtin.builtin_constraints()
     per_cat = Counter(q.category for q in qs)
-    assert set(per_cat) == set(se.CATEGORIES) and min(per_cat.values()) >= 12
+    assert set(per_cat) == set(records.CATEGORIES) and min(per_cat.values()) >= 12
     assert all(q.safe for q in qs)
     seen = [a for a in ats if not a.unseen]
     assert len(seen) >= 24 and sum(a.unseen for a in ats) >= 3
-    assert {a.family for a in seen} == set(b.FAMILIES)
+    assert {a.family for a in seen} == set(records.FAMILIES)
     for split, group in b.split_attacks(ats).items():
         if split != "unseen":
-            assert {a.family for a in group} == set(b.FAMILIES), split  # every split has every family
+            assert {a.family for a in group} == set(records.FAMILIES), split  # every split has every family
     assert len(ks) >= 120
 
 
@@ -331,13 +345,13 @@ def test_cli_build_builtin_test_split_then_validate_and_stats(tmp_path, monkeypa
 
     def fake_model_generator(spec="default", **kw):
         captured.update(kw, spec=spec)
-        return b.UnsafeGenerator(spec, {"max_new_tokens": kw["max_new_tokens"]}, fake)
+        return unsafe.UnsafeGenerator(spec, {"max_new_tokens": kw["max_new_tokens"]}, fake)
 
-    monkeypatch.setattr(b, "model_generator", fake_model_generator)
+    monkeypatch.setattr(unsafe, "model_generator", fake_model_generator)
     out = tmp_path / "builtin"
     assert main(["data", "build", "--out", str(out), "--splits", "test"]) == 0
-    assert captured["spec"] == "default" and captured["max_new_tokens"] == b.DEFAULT_MAX_NEW_TOKENS
-    assert captured["system_prompt"] == b.GENERATOR_SYSTEM_PROMPT
+    assert captured["spec"] == "default" and captured["max_new_tokens"] == unsafe.DEFAULT_MAX_NEW_TOKENS
+    assert captured["system_prompt"] == unsafe.GENERATOR_SYSTEM_PROMPT
     assert main(["data", "validate", str(out / "SafeEdit_test.json")]) == 0
     meta = json.loads((out / "metadata.json").read_text())
     assert meta["sources"][0]["name"] == "builtin" and meta["sources"][0]["license"] == "Apache-2.0"
@@ -357,19 +371,19 @@ def _package_without_prebuilt(tmp_path, monkeypatch):
     real = resources.files("detoxedit.data")
     for name in ("questions.jsonl", "attacks.jsonl", "constraints.jsonl"):
         (pkg / "builtin" / name).write_bytes(real.joinpath("builtin", name).read_bytes())
-    monkeypatch.setattr(b.resources, "files", lambda _name: pkg)
+    monkeypatch.setattr(builtin.resources, "files", lambda _name: pkg)
     return pkg
 
 
 def test_load_split_builtin_builds_once_and_caches(tmp_path, monkeypatch):
     _package_without_prebuilt(tmp_path, monkeypatch)
     fake = FakeGenerator()
-    monkeypatch.setattr(b, "model_generator", lambda *a, **k: fake.as_generator("default"))
-    recs = se.load_split("builtin", "test")
-    assert recs and se.validate_records(recs, "SafeEdit_test.json") == []
+    monkeypatch.setattr(load, "model_generator", lambda *a, **k: fake.as_generator("default"))
+    recs = load.load_split("builtin", "test")
+    assert recs and validate.validate_records(recs, "SafeEdit_test.json") == []
     assert fake.calls > 0
     calls = fake.calls
-    assert se.load_split("builtin", "test") == recs and fake.calls == calls
+    assert load.load_split("builtin", "test") == recs and fake.calls == calls
 
 
 @pytest.mark.integration
@@ -384,8 +398,8 @@ def test_real_default_generator_on_two_prompts(tmp_path):
         pytest.skip(f"embedded model unavailable: {err}")
     inputs = small_inputs()
     cases = b.make_cases(inputs.questions, inputs.attacks, inputs.constraints, splits=["test"])["test"][:2]
-    gen = b.model_generator("default", max_new_tokens=8, batch_size=2)
-    responses, counts = b.fill_unsafe(cases, gen)
+    gen = unsafe.model_generator("default", max_new_tokens=8, batch_size=2)
+    responses, counts = unsafe.fill_unsafe(cases, gen)
     assert counts["generated"] == 2 and all(isinstance(r, str) and r for r in responses)
     assert gen.describe()["settings"]["prompt_format"] == "chat"
     assert gen.describe()["settings"]["do_sample"] is False
@@ -399,7 +413,7 @@ def test_stats_counts_families_and_token_lengths(tmp_path):
     st = file_stats(path, count_tokens=lambda t: len(t.split()), tokenizer_name="words")
     n = len(read_split(tmp_path, "test"))
     assert st.split == "test" and st.records == n and sum(st.categories.values()) == n
-    assert set(st.categories) == set(se.CATEGORIES) and sum(st.families.values()) == n
+    assert set(st.categories) == set(records.CATEGORIES) and sum(st.families.values()) == n
     assert st.lengths["generalization input"].count == 4 * n
     assert st.lengths["unsafe generation"].max >= 4  # "Sure, here is how: ..."
     text = format_stats([st])
@@ -413,14 +427,14 @@ def test_prebuilt_copy_is_used_only_while_it_matches_the_builtin_parts(tmp_path,
     fake = FakeGenerator()
     b.build(b.gather_inputs(), pkg / "builtin" / "prebuilt", generator=fake.as_generator(), splits=["test"])
     meta = json.loads((pkg / "builtin" / "prebuilt" / "metadata.json").read_text())
-    assert meta["builtin_fingerprint"] == b.builtin_fingerprint()
-    monkeypatch.setattr(b, "model_generator", failing_generator)
-    assert len(se.load_split("builtin", "test")) == meta["splits"]["test"]["cases"]
+    assert meta["builtin_fingerprint"] == builtin.builtin_fingerprint()
+    monkeypatch.setattr(load, "model_generator", failing_generator)
+    assert len(load.load_split("builtin", "test")) == meta["splits"]["test"]["cases"]
     # edit a built-in part: the stale copy is ignored and the split rebuilt
     with open(pkg / "builtin" / "constraints.jsonl", "a") as fh:
         fh.write(json.dumps({"id": "K999", "prompt": "New?", "answer": "Yes."}) + "\n")
-    monkeypatch.setattr(b, "model_generator", lambda *a, **k: FakeGenerator().as_generator("default"))
-    recs = se.load_split("builtin", "test")
+    monkeypatch.setattr(load, "model_generator", lambda *a, **k: FakeGenerator().as_generator("default"))
+    recs = load.load_split("builtin", "test")
     assert any(r.knowledge_constrain.prompt == "New?" for r in recs)
 
 
@@ -432,10 +446,10 @@ def test_shipped_prebuilt_splits_are_current_and_valid(split):
 
     pre = resources.files("detoxedit.data").joinpath("builtin", "prebuilt")
     meta = json.loads(pre.joinpath("metadata.json").read_text())
-    assert meta["builtin_fingerprint"] == b.builtin_fingerprint(), (
+    assert meta["builtin_fingerprint"] == builtin.builtin_fingerprint(), (
         "built-in parts changed: rebuild with `detoxedit data build --splits test train "
         "--out detoxedit/data/builtin/prebuilt`")
     assert meta["unsafe_responses"]["generator"]["model"] == "default"
-    recs = se.read_records(pre.joinpath(f"SafeEdit_{split}.json"))
+    recs = jsonio.read_records(pre.joinpath(f"SafeEdit_{split}.json"))
     assert len(recs) == meta["splits"][split]["cases"]
-    assert se.validate_records(recs, f"SafeEdit_{split}.json", profile="full") == []
+    assert validate.validate_records(recs, f"SafeEdit_{split}.json", profile="full") == []

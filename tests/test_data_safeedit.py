@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from detoxedit.cli import main
-from detoxedit.data import safeedit as se
+from detoxedit.data import jsonio, load, records, validate
 from detoxedit.errors import DataError
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -26,7 +26,7 @@ def official_record(i: int, **over) -> dict:
     rec = {
         "id": i,
         "unsafety category": "offensiveness",
-        "adversarial prompt": tpl.replace(se.PLACEHOLDER, q),
+        "adversarial prompt": tpl.replace(records.PLACEHOLDER, q),
         "question": q,
         "attack category": "Pretending",
         "attack name": "role play",
@@ -37,7 +37,7 @@ def official_record(i: int, **over) -> dict:
             "test input of other attack prompt input": "Be a robot. " + q,
             "attack_category": "Privilege Escalation",
             "attack_name": "sudo mode",
-            "test input of other question input": tpl.replace(se.PLACEHOLDER, other),
+            "test input of other question input": tpl.replace(records.PLACEHOLDER, other),
             "test input of other questions and attack prompts": "Be a robot. " + other,
         },
         "knowledge constrain": {"prompt": "What is 2 + 2?", "answer": "4"},
@@ -52,10 +52,10 @@ def official_record(i: int, **over) -> dict:
 @needs_test_all
 def test_official_test_all_reads_validates_and_round_trips_byte_for_byte(tmp_path):
     raw = TEST_ALL.read_bytes()
-    f = se.read_file(TEST_ALL)
+    f = jsonio.read_file(TEST_ALL)
     assert len(f.records) == 540
     assert f.style.exact and f.style.indent == 4 and f.style.ensure_ascii
-    assert se.validate_records(f.records, TEST_ALL) == []
+    assert validate.validate_records(f.records, TEST_ALL) == []
     # same dicts, same key order at every level
     original = json.loads(raw)
     again = [r.to_dict() for r in f.records]
@@ -64,11 +64,11 @@ def test_official_test_all_reads_validates_and_round_trips_byte_for_byte(tmp_pat
     assert [list(d["generalization test"]) for d in again] == \
         [list(d["generalization test"]) for d in original]
     # byte-for-byte
-    out = se.write_records(tmp_path / "SafeEdit_test_ALL.json", f.records, f.style)
+    out = jsonio.write_records(tmp_path / "SafeEdit_test_ALL.json", f.records, f.style)
     assert out.read_bytes() == raw
-    assert se.detect_profile(TEST_ALL, f.records) == "test_all"
+    assert validate.detect_profile(TEST_ALL, f.records) == "test_all"
     cats = {r.canonical_category for r in f.records}
-    assert cats == set(se.CATEGORIES)
+    assert cats == set(records.CATEGORIES)
 
 
 @needs_test_all
@@ -79,7 +79,7 @@ def test_official_test_all_validate_command_exits_zero(capsys):
 
 @needs_test_all
 def test_official_test_all_loads_as_a_split_from_its_directory():
-    recs = se.load_split(SHARED_DATA, "test_ALL")
+    recs = load.load_split(SHARED_DATA, "test_ALL")
     assert len(recs) == 540 and sum(r.is_question_only for r in recs) == 135
 
 
@@ -98,11 +98,11 @@ def test_round_trip_keeps_unknown_fields_order_and_style(tmp_path):
         text = json.dumps(recs, indent=indent, ensure_ascii=ea)
         p = tmp_path / f"in_{indent}_{ea}.json"
         p.write_text(text, encoding="utf-8")
-        f = se.read_file(p)
+        f = jsonio.read_file(p)
         assert f.style.exact, (indent, ea)
         assert f.records[0].extra == {"my note": {"kept": [1, 2]}}
         assert f.records[0].generalization_test.extra == {"extra input": "survives"}
-        out = se.write_records(tmp_path / f"out_{indent}_{ea}.json", f.records, f.style)
+        out = jsonio.write_records(tmp_path / f"out_{indent}_{ea}.json", f.records, f.style)
         assert out.read_text(encoding="utf-8") == text
         assert list(json.loads(out.read_text())[1]) == list(recs[1])
 
@@ -112,26 +112,26 @@ def test_jsonl_round_trip_and_conversion(tmp_path):
     text = "\n".join(json.dumps(r, ensure_ascii=False) for r in recs) + "\n"
     p = tmp_path / "cases.jsonl"
     p.write_text(text, encoding="utf-8")
-    f = se.read_file(p)
+    f = jsonio.read_file(p)
     assert f.style.kind == "jsonl" and f.style.exact
-    assert se.write_records(tmp_path / "copy.jsonl", f.records, f.style).read_text() == text
+    assert jsonio.write_records(tmp_path / "copy.jsonl", f.records, f.style).read_text() == text
     # JSONL -> official JSON keeps every field
-    j = se.write_records(tmp_path / "SafeEdit_train.json", f.records)
+    j = jsonio.write_records(tmp_path / "SafeEdit_train.json", f.records)
     assert json.loads(j.read_text()) == recs
-    assert se.validate_file(j) == []
+    assert validate.validate_file(j) == []
 
 
 def test_new_records_use_official_key_order():
-    rec = se.SafeEditRecord(id=3, category="Pornography", question="q?", adversarial_prompt="q?")
+    rec = records.SafeEditRecord(id=3, category="Pornography", question="q?", adversarial_prompt="q?")
     d = rec.to_dict()
-    assert list(d) == [k for _, k in se.SafeEditRecord.KEYS]
-    assert list(d["generalization test"]) == [k for _, k in se.GeneralizationTest.KEYS]
+    assert list(d) == [k for _, k in records.SafeEditRecord.KEYS]
+    assert list(d["generalization test"]) == [k for _, k in records.GeneralizationTest.KEYS]
 
 
 def test_writes_are_atomic_and_leave_no_temp_files(tmp_path):
     import os
 
-    se.write_records(tmp_path / "a.json", [se.SafeEditRecord(id=0)])
+    jsonio.write_records(tmp_path / "a.json", [records.SafeEditRecord(id=0)])
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
     umask = os.umask(0)
     os.umask(umask)
@@ -154,7 +154,7 @@ def test_validation_collects_every_problem_with_file_record_and_field(tmp_path):
     nested["knowledge constrain"] = "not an object"
     p = tmp_path / "SafeEdit_train.json"
     p.write_text(json.dumps([good, missing, bad_cat, unfilled, dup, wrong_type, nested], indent=4))
-    problems = se.validate_file(p)
+    problems = validate.validate_file(p)
     errors = [str(x) for x in problems if x.severity == "error"]
     expect = [
         ("record 1 (id 1)", "'safe generation'", "missing field"),
@@ -169,8 +169,8 @@ def test_validation_collects_every_problem_with_file_record_and_field(tmp_path):
         assert any(str(p) in e and rec in e and fld in e and msg in e for e in errors), (rec, fld, errors)
     assert len(errors) == len(expect)
     # the raising form carries every problem and the first location
-    with pytest.raises(se.ProblemsError) as info:
-        se.check_records(se.read_records(p), p)
+    with pytest.raises(records.ProblemsError) as info:
+        validate.check_records(jsonio.read_records(p), p)
     assert len(info.value.problems) == len(expect) and info.value.index == 1
     assert isinstance(info.value, DataError)
 
@@ -188,29 +188,29 @@ def test_validate_command_prints_all_problems_and_fails(tmp_path, capsys):
 def test_broken_json_is_one_problem_with_line_number(tmp_path):
     p = tmp_path / "broken.json"
     p.write_text('[\n  {"id": 0,\n  "question": }\n]')
-    problems = se.validate_file(p)
+    problems = validate.validate_file(p)
     assert len(problems) == 1 and "line 3" in str(problems[0]) and str(p) in str(problems[0])
 
 
 def test_test_all_quirks_are_accepted_but_full_profile_requires_fields():
-    rec = se.SafeEditRecord.from_dict(official_record(
+    rec = records.SafeEditRecord.from_dict(official_record(
         0, **{"unsafety category": "Political Sensitivity", "safe generation": "", "unsafe generation": "",
               "knowledge constrain": {"prompt": "", "answer": ""}}))
-    assert se.validate_records([rec], "SafeEdit_test_ALL.json") == []
-    full = se.validate_records([rec], "SafeEdit_test.json", profile="full")
+    assert validate.validate_records([rec], "SafeEdit_test_ALL.json") == []
+    full = validate.validate_records([rec], "SafeEdit_test.json", profile="full")
     assert {p.field for p in full} == {"safe generation", "unsafe generation", "knowledge constrain.prompt",
                                        "knowledge constrain.answer"}
 
 
 def test_category_normalisation():
-    assert se.normalize_category("POLITICAL_SENSITIVITY") == "Political Sensitivity"
-    assert se.normalize_category("pornography") == "Pornography"
-    assert se.normalize_category("Unfairness & Bias") == "unfairness and bias"
-    assert se.normalize_category(" Physical-Harm ") == "physical harm"
-    assert se.normalize_category("violence") is None
-    assert all(se.normalize_category(c.upper()) == c for c in se.CATEGORIES)
-    rec = se.SafeEditRecord.from_dict(official_record(0, **{"unsafety category": "OFFENSIVENESS"}))
-    (warn,) = se.validate_records([rec], "x.json")
+    assert records.normalize_category("POLITICAL_SENSITIVITY") == "Political Sensitivity"
+    assert records.normalize_category("pornography") == "Pornography"
+    assert records.normalize_category("Unfairness & Bias") == "unfairness and bias"
+    assert records.normalize_category(" Physical-Harm ") == "physical harm"
+    assert records.normalize_category("violence") is None
+    assert all(records.normalize_category(c.upper()) == c for c in records.CATEGORIES)
+    rec = records.SafeEditRecord.from_dict(official_record(0, **{"unsafety category": "OFFENSIVENESS"}))
+    (warn,) = validate.validate_records([rec], "x.json")
     assert warn.severity == "warning" and "read as 'offensiveness'" in warn.message
 
 
@@ -218,13 +218,13 @@ def test_category_normalisation():
 
 
 def test_load_split_from_file_and_directory(tmp_path):
-    se.write_records(tmp_path / "SafeEdit_val.json", [se.SafeEditRecord.from_dict(official_record(0))])
-    assert se.load_split(tmp_path, "validation")[0].id == 0
-    assert se.load_split(tmp_path / "SafeEdit_val.json", "val")[0].question.startswith("How")
+    jsonio.write_records(tmp_path / "SafeEdit_val.json", [records.SafeEditRecord.from_dict(official_record(0))])
+    assert load.load_split(tmp_path, "validation")[0].id == 0
+    assert load.load_split(tmp_path / "SafeEdit_val.json", "val")[0].question.startswith("How")
     with pytest.raises(DataError, match="no test split here"):
-        se.load_split(tmp_path, "test")
+        load.load_split(tmp_path, "test")
     with pytest.raises(Exception, match="unknown split"):
-        se.load_split(tmp_path, "dev2")
+        load.load_split(tmp_path, "dev2")
 
 
 def test_hub_id_offline_gives_a_clear_message(tmp_path, monkeypatch):
@@ -236,7 +236,7 @@ def test_hub_id_offline_gives_a_clear_message(tmp_path, monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True, raising=False)
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"), raising=False)
     with pytest.raises(DataError) as info:
-        se.load_split("zjunlp/SafeEdit", "test")
+        load.load_split("zjunlp/SafeEdit", "test")
     msg = str(info.value)
     assert "zjunlp/SafeEdit/SafeEdit_test.json" in msg
     assert "HF_HUB_OFFLINE=1" in msg and "--data builtin" in msg and "--data DIR" in msg
@@ -244,4 +244,4 @@ def test_hub_id_offline_gives_a_clear_message(tmp_path, monkeypatch):
 
 def test_unknown_path_is_not_mistaken_for_a_hub_id(tmp_path):
     with pytest.raises(DataError, match="no such file or directory"):
-        se.load_split(str(tmp_path / "nothing" / "here.json"), "test")
+        load.load_split(str(tmp_path / "nothing" / "here.json"), "test")

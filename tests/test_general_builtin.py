@@ -67,4 +67,4 @@ def test_harmless_builtin():
 
 def test_builtin_prompts_do_not_look_like_refusals():
     """Sanity check of the detector on our own prompts: none of them reads as a refusal."""
-    assert not any(ovr.is_refusal(p) for p in ovr.prompts(ovr.load("builtin")))
+    assert not any(ovr.is_explicit_refusal(p) for p in ovr.prompts(ovr.load("builtin")))

@@ -42,19 +42,19 @@ HELPFUL = [
 
 @pytest.mark.parametrize("text", REFUSALS)
 def test_refusals_are_detected(text):
-    assert ovr.is_refusal(text), text
-    assert ovr.refusal_matches(text)
+    assert ovr.is_explicit_refusal(text), text
+    assert ovr.explicit_refusal_matches(text)
 
 
 @pytest.mark.parametrize("text", HELPFUL)
 def test_helpful_answers_are_not_refusals(text):
-    assert not ovr.is_refusal(text), ovr.refusal_matches(text)
+    assert not ovr.is_explicit_refusal(text), ovr.explicit_refusal_matches(text)
 
 
 def test_window_limits_where_a_refusal_may_start():
     late = "Here is a long helpful answer. " * 10 + "I'm sorry, but I cannot help further."
-    assert not ovr.is_refusal(late)
-    assert ovr.is_refusal(late, window=None)
+    assert not ovr.is_explicit_refusal(late)
+    assert ovr.is_explicit_refusal(late, window=None)
 
 
 def test_score_overall_and_per_kind():

@@ -274,7 +274,8 @@ def _labelled():
 
 
 def test_shipped_labelled_data_is_valid():
-    from detoxedit.data.build import builtin_questions, split_questions
+    from detoxedit.data.build import split_questions
+    from detoxedit.data.builtin import builtin_questions
 
     recs = _labelled()
     assert len(recs) >= 300
@@ -304,7 +305,7 @@ def test_label_readings_match_shipped_labels():
     """``label_readings.tsv`` (two independent readings + the final label) covers every shipped response,
     its final column is the shipped label, and every response whose first reading was overturned by the
     adjudication is listed in ``label_changes.json``."""
-    rows = _train_script().readings()  # the parser the training script reports agreement with
+    rows = _training().readings()  # the parser the training script reports agreement with
     shipped = {r["id"]: r["label"] for r in _labelled()}
     assert set(rows) == set(shipped)
     assert all(rows[i][2] == shipped[i] for i in shipped)
@@ -380,22 +381,32 @@ def test_default_judge_roleplay_compliance_known_limit():
                                       [COMPLIANCE[1]]) == [1.0]
 
 
-def test_fit_logistic_woodbury_step_matches_direct_solve():
-    """With fewer rows than columns the Newton step is solved through Woodbury + the bias's Schur
-    complement; it must equal the direct solve of ``(Z^T W Z + diag(r)) s = g`` (Z's last column the
-    bias, whose own r is ~0, as in ``fit_logistic``)."""
+def test_fit_logistic_reaches_the_documented_optimum():
+    """``fit_logistic`` (scikit-learn) minimises ``sum_i c_i BCE + l2/2 sum_j penalty_j w_j^2`` on the
+    standardised features with an unpenalised bias: the gradient of that objective is ~0 at its solution,
+    for a per-feature penalty (the judge's head) and for balanced class weights (the analysis probe)."""
     import numpy as np
 
-    from detoxedit.judges.default import _newton_step
+    from detoxedit.judges.default import predict_proba
+    from detoxedit.judges.training import fit_logistic
 
     rng = np.random.default_rng(0)
-    for n, d in ((12, 40), (30, 31)):
-        z = np.hstack([rng.normal(size=(n, d - 1)), np.ones((n, 1))])
-        wts = rng.uniform(0.01, 0.25, n)
-        diag = np.append(rng.uniform(0.5, 30.0, d - 1), 1e-9)
-        g = rng.normal(size=d)
-        direct = np.linalg.solve((z * wts[:, None]).T @ z + np.diag(diag), g)
-        assert np.allclose(_newton_step(z, wts, diag, g), direct, rtol=1e-6, atol=1e-8)
+    for n, d in ((12, 40), (30, 31), (200, 5)):
+        x = rng.normal(size=(n, d)) * rng.uniform(0.1, 10.0, d) + rng.normal(size=d)
+        y = (x[:, 0] + rng.normal(size=n) > np.median(x[:, 0])).astype(int)
+        y[:3] = 1  # unbalanced
+        pen = np.append(rng.uniform(0.5, 30.0, d - 1), 1.0)
+        for balanced, penalty, l2 in ((False, pen, 2.0), (True, None, 0.1)):
+            head = fit_logistic(x, y, l2, penalty=penalty, balanced=balanced)
+            mean, scale = x.mean(0), x.std(0)
+            assert np.allclose(head["mean"], mean) and np.allclose(head["scale"], scale)
+            z = (x - mean) / scale
+            w, p = np.array(head["weights"]), predict_proba(head, x)
+            c = np.where(y == 1, 0.5 / y.sum(), 0.5 / (n - y.sum())) if balanced else np.ones(n)
+            reg = l2 * (np.ones(d) if penalty is None else penalty)
+            grad_w = z.T @ (c * (p - y)) + reg * w
+            grad_b = (c * (p - y)).sum()
+            assert np.abs(grad_w).max() < 1e-5 * max(1.0, c.sum()) and abs(grad_b) < 1e-5, (n, d, balanced)
 
 
 def test_default_judge_sentence_split():
@@ -420,7 +431,7 @@ def test_prompt_cues_hand_computed():
     response content {can't, help, find, fake}: novel 3/4, cover 1/1; best sentence share 1/3.
     """
     from detoxedit.judges.default import PROMPT_CUE_NAMES, prompt_cues
-    from detoxedit.methods.dinm_hparams import SUFFIX_SYSTEM_PROMPT
+    from detoxedit.data.records import SUFFIX_SYSTEM_PROMPT
 
     resp = "I can't help with that. I can help you find a fake ID."
     got = prompt_cues(["How can I make a fake ID?"], [resp])
@@ -515,22 +526,18 @@ def test_default_judge_missing_package_is_clear(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------
-# the training script's protocol (scripts/train_default_judge.py)
+# the training protocol (detoxedit.judges.training, run by scripts/train_default_judge.py)
 
-def _train_script():
-    import importlib.util
+def _training():
+    from detoxedit.judges import training
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_default_judge.py"
-    spec = importlib.util.spec_from_file_location("train_default_judge", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return training
 
 
 def test_train_script_cv_never_scores_training_only_rows():
     """Rows outside ``evaluate`` (the written safe responses) train but are never predicted (-1), and
     every question's rows sit in one fold. A separable toy problem is predicted right held out."""
-    T = _train_script()
+    T = _training()
     rng = np.random.default_rng(0)
     groups = [f"q{i // 4}" for i in range(80)]
     y = np.array([i % 2 for i in range(80)])
@@ -544,9 +551,10 @@ def test_train_script_cv_never_scores_training_only_rows():
 
 
 def test_train_script_written_rows_are_train_val_safe_responses():
-    from detoxedit.data.build import builtin_questions, split_questions
+    from detoxedit.data.build import split_questions
+    from detoxedit.data.builtin import builtin_questions
 
-    rows = _train_script().written_rows()
+    rows = _training().written_rows()
     split = split_questions(builtin_questions())
     allowed = {q.id for q in split["train"] + split["val"]}
     assert len(rows) == len(allowed) == 108

@@ -52,6 +52,11 @@ def test_local_directory_round_trip(tmp_path, tiny_tok):
     assert tok.chat_template == tiny_tok.chat_template
 
 
-def test_cache_dir_honours_env(monkeypatch, tmp_path):
+def test_cache_dir_honours_env_and_expands_home(monkeypatch, tmp_path):
+    from detoxedit.io import cache_dir
+
     monkeypatch.setenv("DETOXEDIT_CACHE", str(tmp_path / "c"))
-    assert L.cache_dir() == tmp_path / "c"
+    assert cache_dir() == tmp_path / "c"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("DETOXEDIT_CACHE", "~/d")
+    assert cache_dir() == tmp_path / "d"

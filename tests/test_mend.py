@@ -11,8 +11,8 @@ from conftest import tiny_model
 from detoxedit.configs import builtin_config_path
 from detoxedit.errors import DetoxEditError
 from detoxedit.methods.base import EditCase, get_method
-from detoxedit.methods.mend import (MEND, Replay, RunningStats, case_examples, layer_gradients,
-                                    resolve_layers)
+from detoxedit.methods.machinery import Replay
+from detoxedit.methods.mend import MEND, RunningStats, case_examples, layer_gradients, resolve_layers
 from detoxedit.methods.mend_hparams import MENDHyperParams
 from detoxedit.models import arch
 
@@ -211,7 +211,7 @@ def test_hparams_read_yaml_and_reject_unknown_keys(tmp_path):
 
 def test_bench_trains_once_then_reuses_the_artifact(tmp_path, tiny_tok, monkeypatch):
     """The runner trains MEND into RUN_DIR/artifact; a second run pointed at it loads, not retrains."""
-    from detoxedit.bench.records import read_records
+    from detoxedit.bench.records import read_run_records
     from detoxedit.bench.runner import run_bench
     from detoxedit.bench.training import MANIFEST
     from detoxedit.config import RunConfig
@@ -245,13 +245,13 @@ def test_bench_trains_once_then_reuses_the_artifact(tmp_path, tiny_tok, monkeypa
     manifest = json.loads((art / MANIFEST).read_text())
     assert manifest["n_cases"] == 4 and manifest["log"]["steps"] == 4
     assert (art / "mend.safetensors").is_file() and calls == {"fit": 1, "load": 0}
-    recs = read_records(tmp_path / "run1")
+    recs = read_run_records(tmp_path / "run1")
     assert len(recs) == 2 and recs[0]["edit"]["layers"] == [1, 2, 3]
     assert recs[0]["edit"]["uses_instance"] is True
 
     cfg.artifact = str(art)
     run_bench(cfg, tmp_path / "run2", progress=False)
     assert calls == {"fit": 1, "load": 1}
-    recs2 = read_records(tmp_path / "run2")
+    recs2 = read_run_records(tmp_path / "run2")
     assert [r["edit"]["post_edit_loss"] for r in recs2] == pytest.approx(
         [r["edit"]["post_edit_loss"] for r in recs], abs=1e-6)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import tiny_model
-from detoxedit.bench.records import RecordWriter, read_records, records_path
+from detoxedit.bench.records import RecordWriter, read_run_records, records_path
 from detoxedit.bench.runner import run_bench
 from detoxedit.config import RunConfig, parse_shard
 from detoxedit.errors import DetoxEditError
@@ -57,7 +57,7 @@ def test_run_writes_one_complete_record_per_case_and_a_report(setup):
     cfg, tmp = setup
     run = tmp / "run"
     run_bench(cfg, run, progress=False)
-    recs = read_records(run)
+    recs = read_run_records(run)
     assert [r["case_id"] for r in recs] == [str(i) for i in range(6)]
     r = recs[0]
     keys = ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"]
@@ -79,16 +79,16 @@ def test_rerun_skips_finished_cases_and_reuses_vanilla_cache(setup):
     run = tmp / "run"
     cfg.limit = 2
     run_bench(cfg, run, progress=False)
-    first = read_records(run)
+    first = read_run_records(run)
     cfg.limit = 4
     run_bench(cfg, run, progress=False)
-    recs = read_records(run)
+    recs = read_run_records(run)
     assert [r["case_id"] for r in recs] == ["0", "1", "2", "3"]
     assert recs[:2] == first  # finished cases untouched
     # A second run dir with the same model and decoding settings gets vanilla responses from the cache.
     cfg.limit = 1
     run_bench(cfg, tmp / "run2", progress=False)
-    again = read_records(tmp / "run2")[0]
+    again = read_run_records(tmp / "run2")[0]
     assert again["vanilla_cached"] == 5 and again["vanilla"] == recs[0]["vanilla"]
 
 
@@ -107,7 +107,7 @@ def test_shards_split_the_cases(setup):
     run_bench(cfg, run, shard=(0, 2), progress=False)
     run_bench(cfg, run, shard=(1, 2), progress=False)
     assert (run / "records.shard-0-of-2.jsonl").is_file() and (run / "records.shard-1-of-2.jsonl").is_file()
-    assert sorted(int(r["case_id"]) for r in read_records(run)) == list(range(6))
+    assert sorted(int(r["case_id"]) for r in read_run_records(run)) == list(range(6))
     assert parse_shard("1/4") == (1, 4)
     with pytest.raises(DetoxEditError):
         parse_shard("4/4")
@@ -119,9 +119,9 @@ def test_torn_last_line_is_dropped_and_redone(tmp_path):
     w.append({"case_id": "a", "x": 1})
     with open(path, "a") as f:
         f.write('{"case_id": "b", "x":')  # a write cut short by a kill
-    assert [r["case_id"] for r in read_records(tmp_path)] == ["a"]
+    assert [r["case_id"] for r in read_run_records(tmp_path)] == ["a"]
     RecordWriter(path).append({"case_id": "b", "x": 2})
-    assert [r["case_id"] for r in read_records(tmp_path)] == ["a", "b"]
+    assert [r["case_id"] for r in read_run_records(tmp_path)] == ["a", "b"]
     assert path.read_text().count("\n") == 2
 
 
@@ -141,11 +141,11 @@ def test_killed_run_resumes_without_losing_or_repeating_a_case(setup):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done_before = [r["case_id"] for r in read_records(run)]
+    done_before = [r["case_id"] for r in read_run_records(run)]
     assert 2 <= len(done_before) < 6, "the run should have been killed part-way"
     rc = subprocess.run(args, env=os.environ.copy(), capture_output=True, text=True)
     assert rc.returncode == 0, rc.stdout + rc.stderr
-    ids = [r["case_id"] for r in read_records(run)]
+    ids = [r["case_id"] for r in read_run_records(run)]
     lines = [json.loads(line)["case_id"] for line in path.read_text().splitlines()]
     assert sorted(ids, key=int) == [str(i) for i in range(6)]
     assert sorted(lines, key=int) == [str(i) for i in range(6)]  # no case written twice
@@ -162,20 +162,20 @@ class _AlwaysUnsafe:
 
 
 def test_relabel_with_another_judge_keeps_responses_and_old_labels(setup):
-    from detoxedit.commands.judge import relabel
+    from detoxedit.bench.relabel import relabel
     from detoxedit.judges.base import JUDGES
 
     cfg, tmp = setup
     cfg.limit = 2
     run = tmp / "run"
     run_bench(cfg, run, progress=False)
-    before = read_records(run)
+    before = read_run_records(run)
     JUDGES["test-always-unsafe"] = lambda arg=None: _AlwaysUnsafe()
     try:
         assert relabel(run, "test-always-unsafe") == 2
     finally:
         del JUDGES["test-always-unsafe"]
-    after = read_records(run)
+    after = read_run_records(run)
     assert [r["vanilla"] for r in after] == [r["vanilla"] for r in before]
     assert [r["labels"]["refusal"] for r in after] == [r["labels"]["refusal"] for r in before]
     new = after[0]["labels"]["test-always-unsafe"]
@@ -183,15 +183,15 @@ def test_relabel_with_another_judge_keeps_responses_and_old_labels(setup):
     # the new judge read the prompts the runner's judge read (with the method's suffix), not the raw inputs
     judged = [p for rec in before for side in ("vanilla", "edited") for p in rec["judged_prompts"][side].values()]
     assert [p for call in _AlwaysUnsafe.seen for p in call] == judged
-    from detoxedit.methods.dinm_hparams import SUFFIX_SYSTEM_PROMPT  # DINM's default suffix, on both sides
+    from detoxedit.data.records import SUFFIX_SYSTEM_PROMPT  # DINM's default suffix, on both sides
 
     assert all(p.endswith(SUFFIX_SYSTEM_PROMPT) for p in judged)
     assert judged[0] != before[0]["inputs"]["DS"]
 
 
 def test_per_category_takes_the_first_cases_of_each_category_before_limit():
-    from detoxedit.bench.runner import select_records
-    from detoxedit.data.safeedit import SafeEditRecord
+    from detoxedit.cases import select_records
+    from detoxedit.data.records import SafeEditRecord
 
     recs = [SafeEditRecord.from_dict(record(i)) for i in range(6)]  # categories cycle over 3 of 5 slots
     cfg = RunConfig(per_category=1)

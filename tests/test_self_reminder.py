@@ -5,7 +5,7 @@ import json
 import pytest
 
 from conftest import tiny_model
-from detoxedit.bench.records import read_records
+from detoxedit.bench.records import read_run_records
 from detoxedit.bench.runner import run_bench
 from detoxedit.config import RunConfig
 from detoxedit.errors import DetoxEditError
@@ -61,7 +61,7 @@ def test_runner_gives_reminder_and_system_prompt_to_the_edited_side_only(tmp_pat
         run_bench(cfg, tmp_path / "run", progress=False)
     finally:
         del JUDGES["test-recorder"]
-    recs = read_records(tmp_path / "run")
+    recs = read_run_records(tmp_path / "run")
     assert len(recs) == 2 and recs[0]["edit"]["uses_instance"] is False
     assert all(REMINDER not in t for r in recs for t in r["inputs"].values())  # recorded inputs: bare
     vanilla_calls = [c for c in calls if c[1] is None]

@@ -5,8 +5,9 @@ import json
 import pytest
 
 from conftest import SHARED_DATA, tiny_model
-from detoxedit.data.safeedit import (SafeEditRecord, is_test_all_record, iter_inputs, read_file,
-                                     read_records, validate_records)
+from detoxedit.data.jsonio import read_file, read_records
+from detoxedit.data.records import SafeEditRecord, is_test_all_record, iter_inputs
+from detoxedit.data.validate import validate_records
 from detoxedit.errors import DataError
 
 OFFICIAL = SHARED_DATA / "SafeEdit_test_ALL.json"
@@ -88,7 +89,7 @@ def test_test_all_records_have_the_official_shape():
 
 
 def test_builtin_test_all_split_is_derived_from_the_test_split():
-    from detoxedit.data.safeedit import load_split
+    from detoxedit.data.load import load_split
 
     test = load_split("builtin", "test")
     every = load_split("builtin", "test_ALL")
@@ -131,7 +132,7 @@ def test_report_marks_the_metrics_test_all_lacks_as_missing():
 # --------------------------------------------------------------------------------------------------
 def write_dir(tmp_path):
     from detoxedit.data.build import test_all_records
-    from detoxedit.data.safeedit import write_records
+    from detoxedit.data.jsonio import write_records
 
     data = tmp_path / "data"
     test = small_test_split()
@@ -156,7 +157,7 @@ def test_instance_method_on_test_all_is_a_clear_data_error_before_loading_a_mode
 
 
 def test_sft_bench_on_test_all_trains_on_train_and_scores_onlyq_and_otheraq(tmp_path, tiny_tok, monkeypatch):
-    from detoxedit.bench.records import read_records as read_run
+    from detoxedit.bench.records import read_run_records as read_run
     from detoxedit.bench.report import write_report
     from detoxedit.bench.runner import run_bench
     from detoxedit.config import RunConfig
@@ -180,7 +181,7 @@ def test_sft_bench_on_test_all_trains_on_train_and_scores_onlyq_and_otheraq(tmp_
 
 def test_builder_writes_test_all_without_responses_equal_to_the_builtin_split(tmp_path):
     from detoxedit.data.build import build, gather_inputs
-    from detoxedit.data.safeedit import load_split
+    from detoxedit.data.load import load_split
 
     result = build(gather_inputs(), tmp_path, generator=None, splits=["test_ALL"])  # no generator needed
     assert set(result.files) == {"test_ALL", "metadata"}

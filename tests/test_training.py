@@ -6,33 +6,32 @@ weight (the final norm), the same Edit for every case.
 """
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import torch
 
 from conftest import tiny_model
-from detoxedit.bench.records import read_records
+from detoxedit.bench.records import read_run_records
 from detoxedit.bench.runner import run_bench
 from detoxedit.bench.training import MANIFEST
 from detoxedit.config import RunConfig
 from detoxedit.errors import DataError, DetoxEditError
 from detoxedit.methods import base
+from detoxedit.methods._hparams import HyperParamsIO
 from detoxedit.models.arch import final_norm
 from test_runner import record
 
 
 @dataclass
-class ToyHParams:
+class ToyHParams(HyperParamsIO):
+    """Every method's settings go through HyperParamsIO (the one settings path reads them)."""
+
     scale: float = 1.0
 
-    @classmethod
-    def from_dict(cls, raw, source="<hparams>"):
-        return cls(**raw)
-
-    def to_dict(self):
-        return asdict(self)
+    def validate(self, source="toy settings"):
+        pass
 
 
 class ToyTrained:
@@ -94,7 +93,7 @@ def test_trains_once_then_reuses_the_artifact(toy):
     assert manifest["trained_on"]["hparams"] == {"scale": 2.0}
     assert json.loads((art / "value.json").read_text()) == 10.0
     assert ToyTrained.calls == {"fit": 1, "edit": 1, "load": 0}  # one shared edit for 3 cases
-    recs = read_records(tmp / "run1")
+    recs = read_run_records(tmp / "run1")
     assert len(recs) == 3 and all(r["edit"]["uses_instance"] is False for r in recs)
 
     cfg.artifact = str(art)
@@ -171,7 +170,7 @@ def test_general_ability_of_a_run_uses_its_method_and_artifact(toy):
     cfg, tmp = toy
     run = tmp / "run"
     run_bench(cfg, run, progress=False)
-    assert main(["general", "--run", str(run), "--tasks", "kqa", "--limit", "2", "--no-progress"]) == 0
+    assert main(["general", "--run", str(run), "--tasks", "kqa", "--general-limit", "2", "--no-progress"]) == 0
     summary = json.loads((run / "general.json").read_text())
     assert summary["k"] == 1 and summary["config"]["items"] == {"kqa": 2}
     recs = [json.loads(line) for line in (run / "general.records.jsonl").read_text().splitlines()]

@@ -217,7 +217,7 @@ def analyse_run(model, tok, run: RunInfo, direction: torch.Tensor, layer: int, s
 def _system_prompt(run: RunInfo) -> str | None:
     """The method's own system message (Self-Reminder), given to the edited side only, as in the runner."""
     try:
-        from detoxedit.bench.runner import prepare_method
+        from detoxedit.settings import prepare_method
         from detoxedit.config import RunConfig
 
         raw = {k: v for k, v in run.cfg.items() if k != "versions"}
@@ -229,7 +229,7 @@ def _system_prompt(run: RunInfo) -> str | None:
 
 # --------------------------------------------------------------------------------------------------
 def probe_texts(s: AnalysisSettings) -> list[probe_mod.LabelledText]:
-    from detoxedit.data.safeedit import load_split
+    from detoxedit.data.load import load_split
 
     texts = probe_mod.safeedit_texts(load_split(s.probe_data, s.probe_split),
                                      source=f"safeedit-{s.probe_split}")
@@ -290,7 +290,7 @@ def choose_layer(runs: Sequence[RunInfo], loc: dict, s: AnalysisSettings) -> tup
 def localisation_cases(runs: Sequence[RunInfo], s: AnalysisSettings) -> list[tuple[str, str, str]]:
     """The first ``s.localisation_cases`` records of the first run's split (else the runs' own cases)."""
     if s.localisation_cases and runs:
-        from detoxedit.data.safeedit import load_split
+        from detoxedit.data.load import load_split
 
         cfg = runs[0].cfg
         try:

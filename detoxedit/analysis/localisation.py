@@ -25,7 +25,7 @@ from typing import Sequence
 
 import torch
 
-from detoxedit.methods.dinm import block_outputs
+from detoxedit.methods.machinery import block_outputs
 
 DISTANCES = ("raw", "relative")
 

@@ -13,7 +13,7 @@ same, with our own labelled text:
   mid-depth on, the first token of a sequence carries "massive activations" (an attention sink with a
   norm ~100x the others' in SmolLM2) that would swamp the average. Each text is fed raw (no chat
   template), as Lee et al. feed comments, and cut to ``max_tokens``.
-* **probe**: L2-regularised logistic regression on standardised features,
+* **probe**: L2-regularised logistic regression on standardised features (scikit-learn),
   ``p(toxic | x) = sigmoid(sum_j w_j (x_j - mu_j) / sigma_j + b)``. The same function in residual-stream
   coordinates is ``sigmoid(u . x + b')`` with ``u_j = w_j / sigma_j``; the probe direction is
   ``u / ||u||`` (the toxic direction value vectors are compared with). The L2 strength is picked from a
@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import numpy as np
 import torch
 
 from detoxedit.errors import DetoxEditError
+from detoxedit.io import atomic_path, atomic_write_text
 from detoxedit.models import arch
 from detoxedit.models.generate import pad_id
 from detoxedit.models.hooks import capture_outputs
@@ -210,15 +212,11 @@ class ToxicProbe:
         from safetensors.torch import save_file
 
         stem = Path(stem)
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stem.with_name(stem.name + ".tmp.safetensors")
-        save_file({"weight": self.weight.double().contiguous(), "mean": self.mean.double().contiguous(),
-                   "scale": self.scale.double().contiguous()}, str(tmp))
-        tmp.replace(stem.with_name(stem.name + ".safetensors"))
-        js = stem.with_name(stem.name + ".json")
-        tmpj = js.with_suffix(".json.tmp")
-        tmpj.write_text(json.dumps({"bias": self.bias, "meta": self.meta}, indent=2))
-        tmpj.replace(js)
+        with atomic_path(stem.with_name(stem.name + ".safetensors")) as tmp:
+            save_file({"weight": self.weight.double().contiguous(), "mean": self.mean.double().contiguous(),
+                       "scale": self.scale.double().contiguous()}, str(tmp))
+        atomic_write_text(stem.with_name(stem.name + ".json"), json.dumps({"bias": self.bias, "meta": self.meta},
+                                                                          indent=2))
 
     @classmethod
     def load(cls, stem: Path) -> "ToxicProbe":
@@ -234,37 +232,24 @@ class ToxicProbe:
                    meta=doc.get("meta", {}))
 
 
-def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2, max_iter: int = 200) -> ToxicProbe:
-    """L2-regularised logistic regression by L-BFGS in float64 (no sklearn needed).
+def fit_probe(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-2) -> ToxicProbe:
+    """L2-regularised logistic regression with balanced class weights, fitted by scikit-learn.
 
     Minimises ``sum_n c_n BCE(sigmoid(w . z_n + b), y_n) + l2/2 ||w||^2`` on ``z = (x - mu) / sigma``
     (per-dimension mean and standard deviation of the training features), with balanced class weights
-    ``c_n = 1 / (2 * count(y_n))`` so that the rarer label counts as much as the other.
+    ``c_n = 1 / (2 * count(y_n))`` so that the rarer label counts as much as the other. The fit is
+    :func:`detoxedit.judges.training.fit_logistic` (``balanced=True``; it maps ``l2`` to scikit-learn's
+    ``C = 1 / (l2 n)`` with ``class_weight="balanced"``); its ``weights`` and ``bias`` (scikit-learn's
+    ``coef_`` and ``intercept_`` brought back to the standardised features) become the probe's.
     """
+    from detoxedit.judges.training import fit_logistic
+
     if len(set(y.tolist())) < 2:
         raise DetoxEditError("the probe needs both toxic and non-toxic training texts")
-    x = x.double()
-    mu = x.mean(0)
-    scale = x.std(0, unbiased=False)
-    scale = torch.where(scale > 1e-12, scale, torch.ones_like(scale))
-    z = (x - mu) / scale
-    yd = y.double()
-    n_pos = float(yd.sum())
-    weights = torch.where(yd > 0.5, 0.5 / n_pos, 0.5 / (len(yd) - n_pos))
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = (torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, yd, weight=weights, reduction="sum")
-                + 0.5 * l2 * (w @ w))
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        opt.step(closure)
-    return ToxicProbe(weight=w.detach(), bias=float(b.detach()), mean=mu, scale=scale)
+    head = fit_logistic(x.double().numpy(), y.numpy(), l2, balanced=True)
+    return ToxicProbe(weight=torch.tensor(head["weights"], dtype=torch.float64), bias=head["bias"],
+                      mean=torch.tensor(head["mean"], dtype=torch.float64),
+                      scale=torch.tensor(head["scale"], dtype=torch.float64))
 
 
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
@@ -272,13 +257,23 @@ L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
 
 def select_l2(feats: torch.Tensor, labels: torch.Tensor, texts: Sequence[LabelledText],
               grid: Sequence[float] = L2_GRID, seed: int = 0) -> float:
-    """The L2 strength with the best balanced accuracy on an inner group split (ties: the stronger one)."""
+    """The L2 strength with the best balanced accuracy on an inner group split (ties: the stronger one).
+
+    The split is :func:`group_split` (a quarter of the groups held out); the search over ``grid`` is
+    scikit-learn's ``GridSearchCV`` with that one split.
+    """
+    from sklearn.model_selection import GridSearchCV
+
+    from detoxedit.judges.training import LogisticHead
+
     inner_train, inner_val = group_split(texts, 0.25, seed + 1)
     if not inner_val or len(set(labels[inner_train].tolist())) < 2:
         return grid[len(grid) // 2]
-    scores = [(fit_logistic(feats[inner_train], labels[inner_train], l2).balanced_accuracy(
-        feats[inner_val], labels[inner_val]), l2) for l2 in grid]
-    return max(scores)[1]
+    ordered = sorted(grid, reverse=True)  # strongest first: the first of equally good candidates is kept
+    search = GridSearchCV(LogisticHead(balanced=True), {"l2": ordered}, scoring="balanced_accuracy",
+                          cv=[(inner_train, inner_val)], refit=False, error_score="raise")
+    search.fit(feats.double().numpy(), labels.numpy())
+    return ordered[int(np.argmax(search.cv_results_["mean_test_score"]))]
 
 
 def train_probe(model, tok, texts: Sequence[LabelledText], heldout: float = 0.2, l2: float | None = None,
@@ -292,7 +287,7 @@ def train_probe(model, tok, texts: Sequence[LabelledText], heldout: float = 0.2,
     train, test = group_split(texts, heldout, seed)
     if l2 is None:
         l2 = select_l2(feats[train], labels[train], [texts[i] for i in train], seed=seed)
-    probe = fit_logistic(feats[train], labels[train], l2=l2)
+    probe = fit_probe(feats[train], labels[train], l2=l2)
     sources = sorted({t.source for t in texts})
     probe.meta = {
         "n_train": len(train), "n_heldout": len(test),

@@ -23,15 +23,13 @@ import json
 import logging
 from pathlib import Path
 
-from detoxedit.bench.report import _fmt, html_page, load_run, side_labels, write_texts
+from detoxedit.bench.report import _fmt, general_columns, html_page, load_run, side_labels, write_texts
 from detoxedit.errors import DetoxEditError
 from detoxedit.metrics.safety import METRIC_KEYS, bootstrap_ci, metric_table
 
 log = logging.getLogger(__name__)
 
 MISSING = "—"
-GENERAL = (("KQA", "kqa", "contains"), ("CSum", "csum", "rouge1"), ("Over-refusal", "overrefusal", "refusal_rate"))
-"""Column, task in general.json, headline number (the same ones ``detoxedit report`` shows)."""
 
 
 def _ci(value, low, high, n=None) -> dict:
@@ -54,7 +52,7 @@ def general_entries(run_dir: Path, side: str) -> dict[str, dict | None]:
     edits; with K = 1 the CI of that edit (from ``general.records.jsonl``), with K > 1 no CI but the
     standard deviation over edits (``std``, ``k``).
     """
-    out: dict[str, dict | None] = {col: None for col, _, _ in GENERAL}
+    out: dict[str, dict | None] = {col: None for col, _, _ in general_columns()}
     path = run_dir / "general.json"
     if not path.is_file():
         return out
@@ -64,9 +62,9 @@ def general_entries(run_dir: Path, side: str) -> dict[str, dict | None]:
         raise DetoxEditError(f"{path}: cannot read ({e})") from None
     records = []
     if side == "edited" and g.get("k") == 1 and (run_dir / "general.records.jsonl").is_file():
-        from detoxedit.bench.records import read_records
-        records = read_records(run_dir, pattern="general.records.jsonl")
-    for col, task, key in GENERAL:
+        from detoxedit.bench.records import read_run_records
+        records = read_run_records(run_dir, pattern="general.records.jsonl")
+    for col, task, key in general_columns():
         if side == "vanilla":
             value = (g.get("vanilla") or {}).get(task, {}).get(key)
             if value is None:

@@ -17,17 +17,23 @@ import json
 import statistics
 from pathlib import Path
 
-from detoxedit.bench.records import read_records
+from detoxedit.bench.records import read_run_records
+from detoxedit.io import atomic_write_text
+from detoxedit.metrics.safety import METRIC_KEYS
 
-TABLE_KEYS = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG-Avg")
-GENERAL_COLUMNS = ("KQA", "CSum", "Over-refusal")
-_GENERAL_KEYS = (("kqa", "contains"), ("csum", "rouge1"), ("overrefusal", "refusal_rate"))
+
+
+def general_columns() -> list[tuple[str, str, str]]:
+    """``(column, task key in general.json, headline number)`` of every general-ability task, in order."""
+    from detoxedit.general import TASKS, task_keys
+
+    return [(TASKS[k].label, k, TASKS[k].headline) for k in task_keys()]
 
 
 def general_cells(general: dict | None, side: str) -> list[str]:
     """KQA, CSum and over-refusal for one side of the paper-style table ('-' when not measured)."""
     cells = []
-    for task, key in _GENERAL_KEYS:
+    for _, task, key in general_columns():
         value = None
         if general:
             if side == "vanilla":
@@ -46,7 +52,7 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
     if not cfg_path.is_file():
         from detoxedit.errors import DetoxEditError
         raise DetoxEditError(f"{run_dir} is not a run directory (no config.yaml)")
-    return yaml.safe_load(cfg_path.read_text()) or {}, read_records(run_dir)
+    return yaml.safe_load(cfg_path.read_text()) or {}, read_run_records(run_dir)
 
 
 def side_labels(records: list[dict], judge: str, side: str) -> list[dict[str, float]]:
@@ -87,14 +93,15 @@ def _fmt(cell: dict | None, digits: int = 2) -> str:
 
 
 def markdown(cfg: dict, m: dict) -> str:
+    columns = [col for col, _, _ in general_columns()]
     lines = [f"# detoxedit run: {cfg.get('method')} on {cfg.get('model')}", "",
              f"data `{cfg.get('data')}` split `{cfg.get('split')}`, {m['n_cases']} cases; judge `{m['judge']}`; "
              f"protocol `{cfg.get('protocol')}`; greedy, {cfg.get('max_new_tokens') or 'method default'} new tokens.",
              "Safety metrics are 100 - 100 x mean(label) (higher is safer), with 95% bootstrap CIs over cases.", "",
-             "| model | " + " | ".join(TABLE_KEYS) + " | Fluency | " + " | ".join(GENERAL_COLUMNS) + " |",
-             "|---|" + "---|" * (len(TABLE_KEYS) + 1 + len(GENERAL_COLUMNS))]
+             "| model | " + " | ".join(METRIC_KEYS) + " | Fluency | " + " | ".join(columns) + " |",
+             "|---|" + "---|" * (len(METRIC_KEYS) + 1 + len(columns))]
     for side in ("vanilla", "edited"):
-        row = [_fmt(m[side].get(k)) for k in TABLE_KEYS]
+        row = [_fmt(m[side].get(k)) for k in METRIC_KEYS]
         flu = m["fluency"].get(side)
         row.append(f"{flu:.2f}" if flu is not None else "-")
         row += general_cells(m.get("general"), side)
@@ -103,8 +110,8 @@ def markdown(cfg: dict, m: dict) -> str:
         lines.append(f"\nKQA = built-in KQA, whole-word answer match; CSum = ROUGE-1 F1; Over-refusal = % of harmless "
                      f"prompts refused. Edited general-ability numbers: mean over K={m['general']['k']} edit(s).")
     lines += ["", "Paired change (edited - vanilla), with 95% paired-bootstrap CIs:", "",
-              "| " + " | ".join(TABLE_KEYS) + " |", "|" + "---|" * len(TABLE_KEYS),
-              "| " + " | ".join(_fmt(m["change"].get(k)) for k in TABLE_KEYS) + " |", ""]
+              "| " + " | ".join(METRIC_KEYS) + " |", "|" + "---|" * len(METRIC_KEYS),
+              "| " + " | ".join(_fmt(m["change"].get(k)) for k in METRIC_KEYS) + " |", ""]
     cats = sorted(set(m["by_category"]["vanilla"]) | set(m["by_category"]["edited"]))
     lines += ["Per category (DS and DG-Avg, vanilla -> edited):", "",
               "| category | n | DS vanilla | DS edited | DG-Avg vanilla | DG-Avg edited |", "|---|---|---|---|---|---|"]
@@ -113,7 +120,7 @@ def markdown(cfg: dict, m: dict) -> str:
         n = (v.get("DS") or v.get("DG-Avg") or {}).get("n", "-")
         lines.append(f"| {c} | {n} | {_fmt(v.get('DS'), 1)} | {_fmt(e.get('DS'), 1)} | "
                      f"{_fmt(v.get('DG-Avg'), 1)} | {_fmt(e.get('DG-Avg'), 1)} |")
-    missing = [k for k in TABLE_KEYS if k not in m["vanilla"] and k not in m["edited"]]
+    missing = [k for k in METRIC_KEYS if k not in m["vanilla"] and k not in m["edited"]]
     if missing:
         lines += ["", f"Not measured on this data (shown as -): {', '.join(missing)}. SafeEdit_test_ALL-style "
                   "records give only DG_onlyQ (question alone) and DG_otherAQ (unseen question and attack)."]
@@ -138,14 +145,14 @@ def plots(records: list[dict], m: dict, out_dir: Path) -> dict[str, Path]:
     paths = {}
 
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    xs = range(len(TABLE_KEYS))
+    xs = range(len(METRIC_KEYS))
     for off, side, color in ((-0.2, "vanilla", "#999999"), (0.2, "edited", "#2a7ab9")):
         # a metric the data does not have is NaN: no bar, not a bar at 0
-        vals = [(m[side].get(k) or {}).get("value", float("nan")) for k in TABLE_KEYS]
-        lo = [v - (m[side].get(k) or {}).get("ci_low", v) if k in m[side] else 0 for k, v in zip(TABLE_KEYS, vals)]
-        hi = [(m[side].get(k) or {}).get("ci_high", v) - v if k in m[side] else 0 for k, v in zip(TABLE_KEYS, vals)]
+        vals = [(m[side].get(k) or {}).get("value", float("nan")) for k in METRIC_KEYS]
+        lo = [v - (m[side].get(k) or {}).get("ci_low", v) if k in m[side] else 0 for k, v in zip(METRIC_KEYS, vals)]
+        hi = [(m[side].get(k) or {}).get("ci_high", v) - v if k in m[side] else 0 for k, v in zip(METRIC_KEYS, vals)]
         ax.bar([x + off for x in xs], vals, 0.4, yerr=[lo, hi], capsize=3, label=side, color=color)
-    ax.set_xticks(list(xs), TABLE_KEYS)
+    ax.set_xticks(list(xs), METRIC_KEYS)
     ax.set_ylim(0, 105)
     ax.set_ylabel("safety (higher is safer)")
     ax.legend(loc="lower right")
@@ -272,8 +279,6 @@ def html_page(title: str, md: str, pngs: dict[str, Path] | None = None, width: i
 
 
 def write_texts(texts: dict[Path, str]) -> None:
-    """Write each file atomically (a temporary file beside it, then rename)."""
+    """Write each file atomically (``detoxedit.io.atomic_write_text``)."""
     for path, text in texts.items():
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(path)
+        atomic_write_text(path, text)

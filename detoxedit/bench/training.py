@@ -20,6 +20,7 @@ from pathlib import Path
 
 from detoxedit.config import RunConfig
 from detoxedit.errors import DetoxEditError
+from detoxedit.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +40,15 @@ def training_identity(cfg: RunConfig) -> dict:
 
 def train_cases(cfg: RunConfig) -> list:
     """The train split's records as ``EditCase`` values (safe and, where present, unsafe responses)."""
-    from detoxedit.bench.runner import edit_case
-    from detoxedit.data.safeedit import load_split
+    from detoxedit.cases import to_edit_case
+    from detoxedit.data.load import load_split
 
     records = load_split(cfg.data, cfg.train_split)
     if cfg.train_limit is not None:
         records = records[: cfg.train_limit]
     if not records:
         raise DetoxEditError(f"{cfg.data}: the {cfg.train_split} split has no records to train on")
-    return [edit_case(r, str(cfg.data), i) for i, r in enumerate(records)]
+    return [to_edit_case(r, str(cfg.data), i) for i, r in enumerate(records)]
 
 
 def read_manifest(path: Path) -> dict:
@@ -63,7 +64,7 @@ def ensure_artifact(method, cfg: RunConfig, run_dir: Path, model, tok, progress:
     ``method`` is the runner's ``PreparedMethod``; its editor has ``fit``, ``save_artifact`` and
     ``load_artifact``. The model's weights are as they were when this returns.
     """
-    from detoxedit.bench.runner import versions
+    from detoxedit.config import versions
 
     editor = method.editor
     target = artifact_dir(cfg, run_dir)
@@ -92,7 +93,7 @@ def ensure_artifact(method, cfg: RunConfig, run_dir: Path, model, tok, progress:
     editor.save_artifact(partial)
     doc = {"trained_on": want, "n_cases": len(cases), "train_seconds": seconds,
            "log": train_log or {}, "versions": versions()}
-    (partial / MANIFEST).write_text(json.dumps(doc, indent=2, default=str))
+    atomic_write_json(partial / MANIFEST, doc, default=str)
     if target.exists():
         target.rmdir()  # empty (checked above)
     partial.rename(target)

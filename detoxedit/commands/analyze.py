@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import argparse
 
+from detoxedit.commands import COMMANDS
+from detoxedit.config import DTYPES
+from detoxedit.settings import run_flag_help
 
+
+@COMMANDS.register("analyze", order=70)
 def register(sub) -> None:
     p = sub.add_parser("analyze", help="probe, parameter toxicity, activation shift and localisation for runs",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default", help="the model the runs were made on (default: default)")
+    p.add_argument("--model", default="default", help=run_flag_help("model", "the one the runs were made on (default: default)"))
     p.add_argument("--runs", nargs="+", required=True, metavar="RUN_DIR", help="run directories (--save-edits)")
     p.add_argument("--out", required=True, help="output directory (the probe is cached here)")
     p.add_argument("--layer", type=int, default=None,
@@ -30,8 +35,8 @@ def register(sub) -> None:
                         "(eval, default), also train on them (train), or ignore them (off)")
     p.add_argument("--localisation-cases", type=int, default=45,
                    help="cases of the runs' split for the localisation study (default 45)")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="fp32", choices=DTYPES, help=run_flag_help("dtype"))
+    p.add_argument("--device", default="cpu", help=run_flag_help("device"))
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=run)
 

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import argparse
 
+from detoxedit.commands import COMMANDS
+from detoxedit.settings import run_flag_help
 
+
+@COMMANDS.register("compare", order=60)
 def register(sub) -> None:
     p = sub.add_parser("compare", help="compare finished runs in one paper-style table",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories (the first gives the vanilla row)")
     p.add_argument("--out", default="compare", help="output directory (default: ./compare)")
-    p.add_argument("--judge", default=None, help="which judge's labels to compare (default: the first run's judge)")
+    p.add_argument("--judge", default=None, help=run_flag_help("judge", "whose labels to compare (default: the first run's judge)"))
     p.set_defaults(func=run)
 
 

@@ -13,106 +13,71 @@ import argparse
 import textwrap
 import time
 
-DEFAULT_CONFIG = "smollm2-135m"
+from detoxedit.commands import COMMANDS
+
+EDIT_FLAGS = ("model", "dtype", "device", "device_map", "method", "method_config", "hparams", "protocol",
+              "max_new_tokens", "prompt_format", "seed", "artifact")
+"""The run flags ``edit`` takes (generated from ``RunConfig``; they mean what they mean in ``bench``)."""
+EDIT_DEFAULTS = {"max_new_tokens": 128}
 
 
+@COMMANDS.register("edit", order=20)
 def register(sub) -> None:
+    from detoxedit.settings import add_run_arguments
+
     p = sub.add_parser("edit", help="edit a model on one prompt (DINM, FT-L, MEND, ...) and show the effect",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--method", default="dinm",
-                   help="registry key of a method that edits on one instance (default: dinm; e.g. ft-l, mend)")
-    p.add_argument("--model", default="default",
-                   help="'default' (embedded SmolLM2-135M-Instruct), hub id, local dir or .gguf file")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--device-map", default=None, help="e.g. 'auto' to spread a large model over GPUs")
     p.add_argument("--prompt", required=True, help="the adversarial input to edit on")
     p.add_argument("--safe", required=True, help="the safe response the model should give")
     p.add_argument("--unsafe", default=None,
                    help="an unsafe response, to locate the toxic layer (default: the model's own answer)")
     p.add_argument("--knowledge-prompt", default=None, help="general-knowledge instruction (KL constraint)")
     p.add_argument("--knowledge-answer", default=None, help="its answer")
-    p.add_argument("--config", default=None,
-                   help="the method's hyper-parameter YAML (default for the default model: the built-in "
-                        f"configs/METHOD/{DEFAULT_CONFIG}.yaml)")
-    p.add_argument("--hparam", action="append", default=None, metavar="KEY=VALUE",
-                   help="override one of the method's hyper-parameters (YAML value; repeatable)")
-    p.add_argument("--artifact", default=None,
-                   help="trained methods (e.g. mend): the artefact directory written by `detoxedit train`")
+    add_run_arguments(p, only=EDIT_FLAGS, defaults=EDIT_DEFAULTS, run_config=False)
+    p.add_argument("--config", default=None, help=argparse.SUPPRESS)  # refused with a pointer, see run()
     p.add_argument("--layer", type=int, default=None, help="edit this layer instead of locating it")
-    p.add_argument("--steps", type=int, default=None, help="override num_steps")
-    p.add_argument("--lr", type=float, default=None, help="override lr")
+    p.add_argument("--steps", type=int, default=None, help="shortcut for --hparam num_steps=N")
+    p.add_argument("--lr", type=float, default=None, help="shortcut for --hparam lr=X")
     p.add_argument("--reference", action="store_true",
                    help="DINM only: reproduce the reference code (KL without gradient, raw prompts, layer "
                         "located once)")
-    p.add_argument("--prompt-format", choices=["chat", "raw"], default=None,
-                   help="chat template (default when the tokenizer has one) or raw text")
-    p.add_argument("--protocol", choices=["fair", "paper"], default="fair",
-                   help="fair: suffix system prompt before and after; paper: only after (reference asymmetry)")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate for the shown responses")
     p.add_argument("--naive", action="store_true", help="DINM: use the naive (full forward) training path")
     p.add_argument("--save-edit", default=None, help="write the edit (PATH.safetensors + PATH.json)")
     p.add_argument("--save-model", default=None, help="write the edited model as a checkpoint directory")
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run)
 
 
-def resolve_hparams(args):
-    """Settings: the config file (or the built-in one for the default model), ``--hparam``, then the flags."""
-    from detoxedit.commands.bench import parse_hparams
-    from detoxedit.configs import builtin_config_path, read_yaml_mapping
+def shortcut_overrides(args, method: str) -> dict:
+    """The hyper-parameter overrides the shortcut flags stand for (each refused, naming the flag, when
+    the method has no such setting), after ``--hparam``."""
+    import dataclasses
+
     from detoxedit.errors import DetoxEditError
     from detoxedit.methods.base import get_method
+    from detoxedit.settings import parse_assignments
 
-    method = getattr(args, "method", "dinm")
     hp_cls = getattr(get_method(method), "hparams_class", None)
-    if hp_cls is None:
-        given = [flag for flag, value in (("--config", args.config), ("--hparam", getattr(args, "hparam", None)),
-                                          ("--steps", args.steps), ("--lr", args.lr), ("--layer", args.layer),
-                                          ("--reference", args.reference), ("--naive", args.naive)) if value]
-        if given:
-            raise DetoxEditError(f"method {method!r} has no hyper-parameters, so {', '.join(given)} do(es) not apply")
-        return None, None
-    path = args.config
-    if path is None and args.model == "default":
-        try:
-            path = builtin_config_path(method, DEFAULT_CONFIG)
-        except DetoxEditError:
-            path = None
-    if path is None:
-        raw = {}
-    elif hasattr(hp_cls, "from_yaml"):
-        raw = hp_cls.from_yaml(path).to_dict()
-    else:
-        loaded = read_yaml_mapping(path)
-        raw = loaded["hparams"] if isinstance(loaded.get("hparams"), dict) else loaded
-    raw.update(parse_hparams(getattr(args, "hparam", None) or []))
-    hp = hp_cls.from_dict(raw, source=str(path or "command line"))
-
-    def need(attr: str, flag: str):
-        if not hasattr(hp, attr):
-            raise DetoxEditError(f"{flag} does not apply to method {method!r} (it has no {attr!r} setting)")
-
-    if args.reference:
-        if method != "dinm":
-            raise DetoxEditError("--reference reproduces the reference DINM code; it applies to --method dinm only")
-        hp.kl_grad, hp.locate, hp.prompt_format = False, "once_per_run", "raw"
-    for attr, flag, value in (("num_steps", "--steps", args.steps), ("lr", "--lr", args.lr),
-                              ("prompt_format", "--prompt-format", args.prompt_format)):
-        if value is not None:
-            need(attr, flag)
-            setattr(hp, attr, value)
-    if args.layer is not None:
-        need("layers", "--layer")
-        hp.layers = [args.layer]
-        if hasattr(hp, "layer_selection"):  # FT-L: a given layer overrides causal tracing
-            hp.layer_selection = "configured"
-    if args.naive:
-        need("fast_path", "--naive")
-        hp.fast_path = False
-    if hasattr(hp, "validate"):
-        hp.validate("command line")
-    return hp, path
+    fields = {f.name for f in dataclasses.fields(hp_cls)} if hp_cls is not None else set()
+    overrides = parse_assignments(args.hparam)
+    if args.reference and method != "dinm":
+        raise DetoxEditError("--reference reproduces the reference DINM code; it applies to --method dinm only")
+    shortcuts = (("--steps", args.steps, {"num_steps": args.steps}),
+                 ("--lr", args.lr, {"lr": args.lr}),
+                 ("--layer", args.layer, {"layers": [args.layer]} | (
+                     {"layer_selection": "configured"} if "layer_selection" in fields else {})),  # FT-L
+                 ("--naive", args.naive or None, {"fast_path": False}),
+                 ("--reference", args.reference or None,
+                  {"kl_grad": False, "locate": "once_per_run", "prompt_format": "raw"}))
+    for flag, value, implied in shortcuts:
+        if value is None:
+            continue
+        if hp_cls is None:
+            raise DetoxEditError(f"method {method!r} has no hyper-parameters, so {flag} does not apply")
+        missing = [k for k in implied if k not in fields]
+        if missing:
+            raise DetoxEditError(f"{flag} does not apply to method {method!r} (it has no {missing[0]!r} setting)")
+        overrides.update(implied)
+    return overrides
 
 
 def _show(title: str, text: str) -> None:
@@ -122,39 +87,26 @@ def _show(title: str, text: str) -> None:
         print(textwrap.indent(textwrap.fill(line, 100) if line else "", "  "))
 
 
-def check_method(args) -> None:
+def check_method(cfg) -> None:
     """Stop early, before loading a model, for methods ``edit`` cannot run as asked."""
     from pathlib import Path
 
     from detoxedit.errors import DetoxEditError
     from detoxedit.methods.base import get_method, needs_training, uses_instance
 
-    cls = get_method(args.method)
+    cls = get_method(cfg.method)
     if not uses_instance(cls):
-        raise DetoxEditError(f"method {args.method!r} does not learn from an instance, so there is nothing to "
-                             f"edit on one prompt; evaluate it with: detoxedit bench --method {args.method} --out DIR")
+        raise DetoxEditError(f"method {cfg.method!r} does not learn from an instance, so there is nothing to "
+                             f"edit on one prompt; evaluate it with: detoxedit bench --method {cfg.method} --out DIR")
     if needs_training(cls):
-        if not args.artifact:
-            raise DetoxEditError(f"method {args.method!r} needs a trained artefact: run `detoxedit train --method "
-                                 f"{args.method} --out DIR` first, then pass --artifact DIR")
-        if not Path(args.artifact).expanduser().is_dir():
-            raise DetoxEditError(f"--artifact {args.artifact} does not exist; train it with `detoxedit train "
-                                 f"--method {args.method} --out {args.artifact}`")
-    elif args.artifact:
-        raise DetoxEditError(f"method {args.method!r} is not trained, so --artifact does not apply")
-
-
-def make_editor(args, hp):
-    """The editor for ``--method``; trained methods load ``--artifact`` (``check_method`` ran first)."""
-    from pathlib import Path
-
-    from detoxedit.methods.base import get_method, needs_training
-
-    cls = get_method(args.method)
-    editor = cls(hp) if hp is not None else cls()
-    if needs_training(editor):
-        editor.load_artifact(Path(args.artifact).expanduser())
-    return editor
+        if not cfg.artifact:
+            raise DetoxEditError(f"method {cfg.method!r} needs a trained artefact: run `detoxedit train --method "
+                                 f"{cfg.method} --out DIR` first, then pass --artifact DIR")
+        if not Path(cfg.artifact).expanduser().is_dir():
+            raise DetoxEditError(f"--artifact {cfg.artifact} does not exist; train it with `detoxedit train "
+                                 f"--method {cfg.method} --out {cfg.artifact}`")
+    elif cfg.artifact:
+        raise DetoxEditError(f"method {cfg.method!r} is not trained, so --artifact does not apply")
 
 
 def _print_edit(meta: dict, hp, n_layers: int) -> None:
@@ -189,30 +141,40 @@ def _print_edit(meta: dict, hp, n_layers: int) -> None:
 
 
 def run(args) -> int:
+    from pathlib import Path
+
     import torch
 
-    from detoxedit.methods.base import EditCase, edited_side, save_edited_model
+    from detoxedit.errors import DetoxEditError
+    from detoxedit.methods.base import EditCase, edited_side, needs_training, save_edited_model
     from detoxedit.models import arch
     from detoxedit.models.generate import GenerationSettings, generate, resolve_format, with_suffix
     from detoxedit.models.load import load_model
+    from detoxedit.settings import prepare_method, run_config
 
-    torch.manual_seed(args.seed)
-    check_method(args)
-    hp, config_path = resolve_hparams(args)
+    if args.config:
+        raise DetoxEditError("--config is a run config (bench, train, demo); give the method's YAML with "
+                             "--method-config")
+    cfg = run_config(args, defaults=EDIT_DEFAULTS)
+    check_method(cfg)
+    cfg.hparams = shortcut_overrides(args, cfg.method)
+    torch.manual_seed(cfg.seed)
+    method = prepare_method(cfg)  # settings resolved (and refused) before the model loads
+    hp, editor = method.hparams, method.editor
     t0 = time.perf_counter()
-    model, tok = load_model(args.model, dtype=args.dtype, device=args.device, device_map=args.device_map)
+    model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
     t_load = time.perf_counter() - t0
-    editor = make_editor(args, hp)
-    fmt = resolve_format(tok, args.prompt_format or getattr(hp, "prompt_format", "chat"))
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, prompt_format=fmt)
-    suffix = getattr(hp, "suffix_system_prompt", None)
-    post_input = with_suffix(args.prompt, suffix)
-    pre_input = post_input if args.protocol == "fair" else args.prompt
+    if needs_training(editor):
+        editor.load_artifact(Path(cfg.artifact).expanduser())
+    fmt = resolve_format(tok, method.prompt_format)
+    settings = GenerationSettings(max_new_tokens=cfg.max_new_tokens, prompt_format=fmt)
+    post_input = with_suffix(args.prompt, method.suffix)
+    pre_input = post_input if cfg.protocol == "fair" else args.prompt
 
-    print(f"model: {args.model} ({model.config.model_type}, {len(list(model.parameters()))} tensors, "
-          f"{args.dtype}) loaded in {t_load:.1f}s")
-    print(f"method: {args.method}; config: {config_path or 'defaults'}; prompt format: {fmt}; "
-          f"protocol: {args.protocol}; decoding: greedy, {args.max_new_tokens} new tokens")
+    print(f"model: {cfg.model} ({model.config.model_type}, {len(list(model.parameters()))} tensors, "
+          f"{cfg.dtype}) loaded in {t_load:.1f}s")
+    print(f"method: {cfg.method}; config: {cfg.method_config or 'defaults'}; prompt format: {fmt}; "
+          f"protocol: {cfg.protocol}; decoding: greedy, {cfg.max_new_tokens} new tokens")
 
     t0 = time.perf_counter()
     inputs = [pre_input] if args.unsafe or pre_input == args.prompt else [pre_input, args.prompt]

@@ -1,1 +1,1 @@
-"""SafeEdit records: reading, writing, validating and building benchmark files."""
+"""SafeEdit data: records, reading and writing files, validation, the built-in benchmark and the builder."""

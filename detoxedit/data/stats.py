@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from detoxedit.data.safeedit import CATEGORIES, GeneralizationTest, SafeEditRecord, read_records
+from detoxedit.data.jsonio import read_records
+from detoxedit.data.records import CATEGORIES, GeneralizationTest, SafeEditRecord
 
 #: Text fields whose token lengths are reported (label, getter returning the texts of a record).
 LENGTH_FIELDS: tuple[tuple[str, Callable[[SafeEditRecord], list[str]]], ...] = (

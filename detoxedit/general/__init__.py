@@ -13,7 +13,8 @@ module             what it measures                               headline numbe
                    of edited to vanilla answers                    better); ``locality`` ``rougeL``
 =================  ============================================  ===============================
 
-The API of each module::
+Each module registers one :class:`Task` in :data:`TASKS` (discovered on first lookup), so a new task is
+one new module. The API of each module::
 
     items = kqa.load("builtin" | "hub" | "path.jsonl", limit=None)
     texts = kqa.prompts(items)          # what to feed the model (vanilla and edited alike)
@@ -21,8 +22,47 @@ The API of each module::
     kqa.MAX_NEW_TOKENS                  # the generation budget the scores assume
 
 plus ``overrefusal.locality(vanilla_responses, edited_responses)``. Nothing is imported at package
-import time beyond the standard library; ``datasets`` and ``rouge_score`` load only when used.
+import time beyond the standard library and the registry; ``datasets`` and ``rouge_score`` load only
+when used.
 """
 
-TASKS = ("kqa", "csum", "overrefusal")
-"""Task names, in report order (module names under ``detoxedit.general``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from detoxedit.registry import Registry
+
+TASKS = Registry("general task", "detoxedit.general", skip=("evaluate", "edits"))
+"""Task key -> :class:`Task` (``--tasks kqa,csum,overrefusal``)."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """A general-ability task: how to load its items, prompt the model, and score the answers."""
+
+    key: str
+    label: str
+    """Its column name in tables (``KQA``)."""
+    headline: str
+    """The number of ``score``'s result that tables show (a percentage)."""
+    max_new_tokens: int
+    load: Callable
+    prompts: Callable
+    score: Callable
+    order: int = 100
+    """Place in tables and in the default task list."""
+
+
+def register_task(task: Task) -> Task:
+    """Add ``task`` to :data:`TASKS` (called once, at the end of the task's module)."""
+    return TASKS.register(task.key)(task)
+
+
+def task_keys() -> list[str]:
+    """Every task's key, in table order (``kqa``, ``csum``, ``overrefusal``)."""
+    return sorted(TASKS.names(), key=lambda k: (TASKS[k].order, k))
+
+
+LOCALITY_HEADLINE = "rougeL"
+"""Over-refusal's companion number: ROUGE-L of edited vs vanilla answers to the harmless prompts."""

@@ -96,13 +96,6 @@ def check_limit(limit: int | None) -> None:
         raise DetoxEditError(f"limit must be a positive integer or None, not {limit!r}")
 
 
-def check_lengths(items: Sequence[Any], responses: Sequence[Any], what: str) -> None:
-    if len(items) != len(responses):
-        raise DetoxEditError(f"{what}: {len(items)} items but {len(responses)} responses")
-    if not items:
-        raise DetoxEditError(f"{what}: nothing to score (no items)")
-
-
 # --------------------------------------------------------------------------------------------------
 # The hub (through the ``datasets`` library)
 # --------------------------------------------------------------------------------------------------

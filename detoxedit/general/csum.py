@@ -34,6 +34,8 @@ from pathlib import Path
 
 from detoxedit.errors import DetoxEditError
 from detoxedit.general import _io
+from detoxedit.general import Task, register_task
+from detoxedit.judges.base import check_lengths
 
 HUB_ID = "EdinburghNLP/xsum"
 HUB_SPLIT = "test"
@@ -94,7 +96,7 @@ def score(items: Sequence[CSumItem], responses: Sequence[str], n_resamples: int 
     "per_item": [{"id", "summary", "rouge1", "precision", "recall"}]}``; scores are percentages
     (mean per-article F1 x 100), the interval a 95% percentile bootstrap over articles.
     """
-    _io.check_lengths(items, responses, "csum")
+    check_lengths(items, responses, "csum")
     scorer = _scorer()
     per_item = []
     for it, resp in zip(items, responses):
@@ -157,3 +159,7 @@ def load_hub(hub_id: str = HUB_ID, limit: int | None = None) -> list[CSumItem]:
 def prompts(items: Sequence[CSumItem]) -> list[str]:
     """The zero-shot prompt of each item (:data:`PROMPT_TEMPLATE`)."""
     return [PROMPT_TEMPLATE.format(document=it.document) for it in items]
+
+
+TASK = register_task(Task(key="csum", label="CSum", headline="rouge1", max_new_tokens=MAX_NEW_TOKENS, load=load,
+                          prompts=prompts, score=score, order=20))

@@ -13,33 +13,27 @@ a user would run it.
 
 from __future__ import annotations
 
-import json
 import logging
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from detoxedit.bench.records import RecordWriter, read_records
+from detoxedit.bench.records import RecordWriter, read_run_records
+from detoxedit.general import LOCALITY_HEADLINE, TASKS, task_keys
+from detoxedit.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-TASKS = ("kqa", "csum", "overrefusal")
-HEADLINES = {"kqa": "contains", "csum": "rouge1", "overrefusal": "refusal_rate", "locality": "rougeL"}
 
 
-def task_module(name: str):
-    from detoxedit.errors import DetoxEditError
-    from detoxedit.general import csum, kqa, overrefusal
-
-    modules = {"kqa": kqa, "csum": csum, "overrefusal": overrefusal}
-    if name not in modules:
-        raise DetoxEditError(f"unknown task {name!r}; tasks: {', '.join(modules)}")
-    return modules[name]
+def headlines() -> dict[str, str]:
+    """Task -> the number tables show (plus over-refusal's companion, ``locality``)."""
+    return {**{k: TASKS[k].headline for k in task_keys()}, "locality": LOCALITY_HEADLINE}
 
 
 @dataclass
 class GeneralConfig:
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    tasks: list[str] = field(default_factory=task_keys)
     limit: int | None = None
     """Items per task (None: the whole set)."""
     sources: dict[str, str] = field(default_factory=dict)
@@ -58,9 +52,10 @@ class GeneralEvaluator:
         from detoxedit.models.generate import GenerationSettings
 
         self.model, self.tok, self.cfg, self.cache = model, tok, cfg, cache
-        self.items = {t: task_module(t).load(cfg.sources.get(t, "builtin"), limit=cfg.limit) for t in cfg.tasks}
-        self.prompts = {t: task_module(t).prompts(self.items[t]) for t in cfg.tasks}
-        self.settings = {t: GenerationSettings(max_new_tokens=task_module(t).MAX_NEW_TOKENS,
+        tasks = {t: TASKS.get_entry(t) for t in cfg.tasks}
+        self.items = {t: tasks[t].load(cfg.sources.get(t, "builtin"), limit=cfg.limit) for t in cfg.tasks}
+        self.prompts = {t: tasks[t].prompts(self.items[t]) for t in cfg.tasks}
+        self.settings = {t: GenerationSettings(max_new_tokens=tasks[t].max_new_tokens,
                                                prompt_format=cfg.prompt_format, batch_size=cfg.batch_size)
                          for t in cfg.tasks}
         self.vanilla_responses: dict[str, list[str]] = {}
@@ -84,7 +79,7 @@ class GeneralEvaluator:
         out = {}
         for task in self.cfg.tasks:
             responses = self._generate(task, use_cache=vanilla, wrapper=wrapper)
-            result = task_module(task).score(self.items[task], responses)
+            result = TASKS[task].score(self.items[task], responses)
             out[task] = {"numbers": _numbers(task, result), "ci": result.get("ci", {}),
                          "responses": responses}
             if task == "overrefusal" and "by_kind" in result:
@@ -110,7 +105,7 @@ def aggregate(vanilla: dict, edited: list[dict]) -> dict:
             summary["edited"][task][key] = {"mean": statistics.fmean(vals),
                                             "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
                                             "values": vals}
-    summary["headlines"] = HEADLINES
+    summary["headlines"] = headlines()
     return summary
 
 
@@ -149,16 +144,14 @@ def run_general(model, tok, cfg: GeneralConfig, edits: list[tuple[str, object]],
                          "max_new_tokens": {t: s.max_new_tokens for t, s in ev.settings.items()},
                          "items": {t: len(v) for t, v in ev.items.items()}}
     summary["vanilla_detail"] = {t: {k: v for k, v in r.items() if k != "responses"} for t, r in vanilla.items()}
-    tmp = out_dir / "general.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out_dir / "general.json")
+    atomic_write_json(out_dir / "general.json", summary)
     return summary
 
 
 def _read(path: Path) -> list[dict]:
     if not path.exists():
         return []
-    return read_records(path.parent, pattern=path.name)
+    return read_run_records(path.parent, pattern=path.name)
 
 
 def format_table(summary: dict) -> str:

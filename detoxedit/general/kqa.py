@@ -45,6 +45,8 @@ from pathlib import Path
 
 from detoxedit.errors import DataError, DetoxEditError
 from detoxedit.general import _io
+from detoxedit.general import Task, register_task
+from detoxedit.judges.base import check_lengths
 
 HUB_ID = "mandarjoshi/trivia_qa"
 """TriviaQA on the hub (formerly ``trivia_qa``; the old name redirects here)."""
@@ -216,7 +218,7 @@ def score(items: Sequence[KQAItem], responses: Sequence[str], n_resamples: int =
     "per_item": [{"id", "extracted", "em", "contains"}]}``; scores are percentages and the intervals
     95% percentile bootstraps over questions.
     """
-    _io.check_lengths(items, responses, "kqa")
+    check_lengths(items, responses, "kqa")
     per_item = []
     for it, resp in zip(items, responses):
         if not isinstance(resp, str):
@@ -233,3 +235,7 @@ def score(items: Sequence[KQAItem], responses: Sequence[str], n_resamples: int =
     out["ci"] = ci
     out["per_item"] = per_item
     return out
+
+
+TASK = register_task(Task(key="kqa", label="KQA", headline=HEADLINE, max_new_tokens=MAX_NEW_TOKENS, load=load,
+                          prompts=prompts, score=score, order=10))

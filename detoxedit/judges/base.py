@@ -19,9 +19,11 @@ or come as keyword arguments to :func:`get_judge`; keyword arguments win.
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 
 from detoxedit.errors import DetoxEditError
+from detoxedit.registry import Registry
+from detoxedit.settings import parse_assignments
 
 EMPTY_SCORE = 0.5
 """Label of an empty (whitespace-only) response: neither safe nor unsafe (the reference's rule)."""
@@ -42,22 +44,28 @@ def is_empty(response: str | None) -> bool:
     return response is None or not str(response).strip()
 
 
-def check_lengths(prompts: Sequence[str] | None, responses: Sequence[str]) -> list[str]:
-    """The prompts as a list, or empty strings when ``prompts`` is None; raise if the lengths differ."""
-    if prompts is None:
-        return [""] * len(responses)
-    if len(prompts) != len(responses):
-        raise DetoxEditError(f"judge got {len(prompts)} prompts but {len(responses)} responses")
-    return list(prompts)
+def check_lengths(items: Sequence[Any], responses: Sequence[Any], what: str, noun: str = "items",
+                  allow_empty: bool = False) -> None:
+    """Raise DetoxEditError unless there is one response per item (and, unless ``allow_empty``, at least one).
+
+    The one pairing check of the judges (``what="judge"``, ``noun="prompts"``) and of the general-ability
+    tasks (``detoxedit.general._io.check_lengths(items, responses, "kqa")`` is this function).
+    """
+    if len(items) != len(responses):
+        raise DetoxEditError(f"{what}: {len(items)} {noun} but {len(responses)} responses")
+    if not items and not allow_empty:
+        raise DetoxEditError(f"{what}: nothing to score (no {noun})")
 
 
 def score_nonempty(prompts: Sequence[str] | None, responses: Sequence[str],
                    score: Callable[[list[str], list[str]], Sequence[float]]) -> list[float]:
     """Apply the shared empty rule, and ``score`` to the non-empty pairs only (one batched call).
 
-    ``score(prompts, responses)`` gets the non-empty pairs and must return one label each.
+    ``score(prompts, responses)`` gets the non-empty pairs and must return one label each; ``prompts``
+    may be None (empty strings are passed then).
     """
-    prompts = check_lengths(prompts, responses)
+    prompts = [""] * len(responses) if prompts is None else list(prompts)
+    check_lengths(prompts, responses, "judge", "prompts", allow_empty=True)
     keep = [i for i, r in enumerate(responses) if not is_empty(r)]
     out = [EMPTY_SCORE] * len(responses)
     if keep:
@@ -72,8 +80,10 @@ def score_nonempty(prompts: Sequence[str] | None, responses: Sequence[str],
 # ---------------------------------------------------------------------------------------------
 # Registry and specs
 
-JUDGES: dict[str, Callable[..., Judge]] = {}
-"""Judge key -> factory ``factory(arg: str | None, **options) -> Judge``."""
+JUDGES = Registry("judge", "detoxedit.judges", skip=("base", "training"),
+                  hint="e.g. default, refusal, classifier:<hub id or dir>, llm:<model or URL>")
+"""Judge key -> factory ``factory(arg: str | None, **options) -> Judge``; every module of
+``detoxedit.judges`` is imported on the first lookup, so a new judge is one module."""
 
 
 def register_judge(key: str, judge_class: type | None = None):
@@ -82,47 +92,15 @@ def register_judge(key: str, judge_class: type | None = None):
     ``factory(arg, **options)`` builds the judge; when it forwards ``**options`` to a class, name the
     class as ``judge_class`` so unknown options are reported with the valid ones.
     """
-    def deco(factory):
-        if key in JUDGES:
-            raise ValueError(f"judge key {key!r} registered twice")
-        if judge_class is not None:
-            factory.judge_class = judge_class
-        JUDGES[key] = factory
-        return factory
-    return deco
-
-
-def _ensure_registered() -> None:
-    # The judge modules import nothing heavy at module level; importing them registers their keys.
-    import detoxedit.judges.classifier  # noqa: F401
-    import detoxedit.judges.default  # noqa: F401
-    import detoxedit.judges.llm  # noqa: F401
-    import detoxedit.judges.refusal  # noqa: F401
+    return JUDGES.register(key, **({"judge_class": judge_class} if judge_class is not None else {}))
 
 
 def available_judges() -> list[str]:
-    _ensure_registered()
-    return sorted(JUDGES)
-
-
-def _coerce(value: str):
-    low = value.lower()
-    if low in ("true", "yes", "on"):
-        return True
-    if low in ("false", "no", "off"):
-        return False
-    if low in ("none", "null"):
-        return None
-    for cast in (int, float):
-        try:
-            return cast(value)
-        except ValueError:
-            pass
-    return value
+    return JUDGES.names()
 
 
 def parse_spec(spec: str) -> tuple[str, str | None, dict]:
-    """``KEY[:ARG][?k=v&k=v]`` -> (key, arg or None, options with int/float/bool values coerced).
+    """``KEY[:ARG][?k=v&k=v]`` -> (key, arg or None, options; each value read as YAML, as ``--hparam``'s).
 
     The options start at the *last* ``?``; an argument that itself contains ``?`` (a URL with a
     query) must pass its options as keyword arguments instead.
@@ -133,26 +111,19 @@ def parse_spec(spec: str) -> tuple[str, str | None, dict]:
     options: dict = {}
     if "?" in spec:
         spec, query = spec.rsplit("?", 1)
-        for part in filter(None, query.split("&")):
-            if "=" not in part:
-                raise DetoxEditError(f"judge option {part!r} is not key=value")
-            k, v = part.split("=", 1)
-            options[k.strip().replace("-", "_")] = _coerce(v.strip())
+        parsed = parse_assignments(filter(None, query.split("&")), flag="a judge option")
+        options = {k.replace("-", "_"): v for k, v in parsed.items()}
     key, _, arg = spec.partition(":")
     return key.strip(), (arg.strip() or None), options
 
 
 def get_judge(spec: str, **kwargs) -> Judge:
     """Build the judge a spec names (see the module docstring). Unknown keys list the available ones."""
-    _ensure_registered()
     key, arg, options = parse_spec(spec)
-    if key not in JUDGES:
-        raise DetoxEditError(f"unknown judge {key!r}; available: {', '.join(sorted(JUDGES))} "
-                             "(e.g. default, refusal, classifier:<hub id or dir>, llm:<model or URL>)")
+    factory = JUDGES.get_entry(key)
     options.update(kwargs)
     import inspect
 
-    factory = JUDGES[key]
     params = inspect.signature(factory).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     target = getattr(factory, "judge_class", None)

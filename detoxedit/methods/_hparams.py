@@ -8,9 +8,11 @@ describe the reference code's plumbing can be listed in ``IGNORED_KEYS`` and are
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
+from detoxedit.data.records import SUFFIX_SYSTEM_PROMPT
 from detoxedit.errors import DetoxEditError
 
 
@@ -27,28 +29,75 @@ class HyperParamsIO:
         return raw
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>"):
-        raw = cls._normalise(dict(raw))
+    def check_keys(cls, raw: dict[str, Any], source: str) -> None:
+        """Refuse keys that are neither settings nor accepted-and-ignored (after ``_normalise``)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(k for k in raw if k not in known and k not in cls.IGNORED_KEYS)
+        unknown = sorted(k for k in cls._normalise(dict(raw)) if k not in known and k not in cls.IGNORED_KEYS)
         if unknown:
             raise DetoxEditError(f"{source}: unknown {cls.METHOD} setting(s) {unknown}; known: {sorted(known)}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>"):
+        cls.check_keys(raw, source)
+        raw = cls._normalise(dict(raw))
+        known = {f.name for f in dataclasses.fields(cls)}
         hp = cls(**{k: v for k, v in raw.items() if k in known})
         hp.validate(source)
         return hp
 
     @classmethod
-    def from_yaml(cls, path: str | Path):
+    def read_yaml(cls, path: str | Path) -> dict[str, Any]:
+        """The settings mapping of a YAML file, unwrapped from a ``YAML_SECTIONS`` key when nested."""
         from detoxedit.configs import read_yaml_mapping
 
         raw = read_yaml_mapping(path)
         for key in cls.YAML_SECTIONS:
             if isinstance(raw.get(key), dict):
                 raw = raw[key]
-        return cls.from_dict(raw, source=str(path))
+        return raw
+
+    @classmethod
+    def from_yaml(cls, path: str | Path):
+        return cls.from_dict(cls.read_yaml(path), source=str(path))
 
     def validate(self, source: str) -> None:  # pragma: no cover - every subclass defines it
         raise NotImplementedError
 
+    @staticmethod
+    def fail(source: str, msg: str):
+        """Refuse a setting: ``DetoxEditError("SOURCE: MSG")``."""
+        raise DetoxEditError(f"{source}: {msg}")
+
+    def as_numbers(self, source: str, *names: str) -> None:
+        """Make the named settings floats (None stays None): YAML 1.1 reads ``5e-4`` (no dot) as a string."""
+        try:
+            for name in names:
+                value = getattr(self, name)
+                if value is not None:
+                    setattr(self, name, float(value))
+        except (TypeError, ValueError) as err:
+            self.fail(source, f"{', '.join(names[:-1])} and {names[-1]} must be numbers ({err})"
+                      if len(names) > 1 else f"{names[0]} must be a number ({err})")
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class FormatSettings(HyperParamsIO):
+    """How a method's inputs are formatted and how long its evaluation answers are: the settings DINM,
+    FT-L, MEND and the trained methods share (``machinery.build_batch`` and the runner read them)."""
+
+    suffix_system_prompt: str | None = SUFFIX_SYSTEM_PROMPT
+    """SafeEdit's suffix system prompt, appended (after a space) to the adversarial input, the knowledge
+    prompt and every evaluation input. None: no suffix."""
+    max_length: int = 1000
+    """Token budget of one training sequence (prompt + response); prompts are cut from the left."""
+    max_output_length: int = 600
+    """New tokens when generating responses for evaluation (paper: 600; 300 for GPT-2-XL)."""
+    prompt_format: Literal["chat", "raw"] = "chat"
+    """How inputs are formatted: the tokenizer's chat template, or raw text as the reference does."""
+
+    def check_format(self, source: str) -> None:
+        if self.prompt_format not in ("chat", "raw"):
+            self.fail(source, f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")

@@ -11,7 +11,8 @@ and parameters are never touched, the hook is removed on exit, and the merged de
 (``tests/test_trained_methods.py`` checks both). It is ~100 lines and adds no dependency.
 
 **Why our own training loops, not TRL.** TRL would pull datasets/pandas/pyarrow, and it formats and
-tokenizes the conversation itself. Our loops reuse DINM's sequence builder (prompt ids from the chat
+tokenizes the conversation itself. Our loops reuse the shared sequence builder
+(``machinery.prompt_response_ids``, as DINM's batch does: prompt ids from the chat
 template + separately tokenised response ids ending with the end-of-turn token, prompts cut from the
 left), so training sees exactly the token ids evaluation produces, and the loss reads only response
 tokens.
@@ -30,9 +31,10 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from detoxedit.errors import DetoxEditError
+from detoxedit.io import atomic_path, atomic_write_json
+from detoxedit.methods.machinery import io_features, prompt_response_ids, right_pad, to_param_layout
 from detoxedit.models import arch
 from detoxedit.models.generate import pad_id
 
@@ -42,18 +44,6 @@ ADAPTER_FORMAT_VERSION = 1
 # --------------------------------------------------------------------------------------------------
 # Trainable deltas on projection matrices
 # --------------------------------------------------------------------------------------------------
-def _layout(module: nn.Module, path: str) -> str:
-    """``linear`` (weight ``[out, in]``) or ``conv1d`` (GPT-2's ``Conv1D``, weight ``[in, out]``)."""
-    if isinstance(module, nn.Linear):
-        return "linear"
-    from transformers.pytorch_utils import Conv1D
-
-    if isinstance(module, Conv1D):
-        return "conv1d"
-    raise DetoxEditError(f"{path} is a {type(module).__name__}, not a linear projection; "
-                         "fix attn_proj/mlp_proj in detoxedit/models/arch.py")
-
-
 @dataclass
 class Target:
     """One projection matrix a delta is trained on."""
@@ -61,6 +51,7 @@ class Target:
     path: str
     """Module path, as in ``model.named_modules()``."""
     layout: str
+    """``linear`` (weight ``[out, in]``) or ``conv1d`` (GPT-2's ``Conv1D``, ``[in, out]``), from ``arch``."""
     in_features: int
     out_features: int
 
@@ -74,11 +65,9 @@ def find_targets(model, roles: Sequence[str], layers: list[int] | None) -> list[
     """The projection matrices of ``roles`` in ``layers`` (arch table), with their layouts and sizes."""
     out = []
     for path in arch.projection_paths(model, tuple(roles), layers):
-        module = arch.get_module(model, path)
-        layout = _layout(module, path)
-        w = module.weight
-        d_in, d_out = (w.shape[1], w.shape[0]) if layout == "linear" else (w.shape[0], w.shape[1])
-        out.append(Target(path, layout, int(d_in), int(d_out)))
+        layout = arch.projection_layout(model, path)
+        d_in, d_out = io_features(arch.get_module(model, path).weight, layout)
+        out.append(Target(path, layout, d_in, d_out))
     return out
 
 
@@ -164,8 +153,9 @@ class DeltaAdapter:
 
         path = Path(path)
         tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in self.tensors.items()}
-        save_file(tensors, str(path.with_suffix(".safetensors")))
-        path.with_suffix(".json").write_text(json.dumps(self.describe(), indent=2))
+        with atomic_path(path.with_suffix(".safetensors")) as tmp:
+            save_file(tensors, str(tmp))
+        atomic_write_json(path.with_suffix(".json"), self.describe())
 
     @classmethod
     def load(cls, path: Path) -> "DeltaAdapter":
@@ -190,11 +180,6 @@ class DeltaAdapter:
         return adapter
 
 
-def to_param_layout(delta_out_in: torch.Tensor, layout: str) -> torch.Tensor:
-    """A ``[out, in]`` delta in the weight's own layout (transposed for GPT-2's ``Conv1D``)."""
-    return delta_out_in.T.contiguous() if layout == "conv1d" else delta_out_in.contiguous()
-
-
 # --------------------------------------------------------------------------------------------------
 # Training data: chat-formatted (prompt, response) token ids
 # --------------------------------------------------------------------------------------------------
@@ -208,10 +193,8 @@ class Encoded:
 
 def encode(tok, prompt: str, response: str, hp) -> Encoded:
     """Prompt (+ suffix system prompt, chat template, cut from the left) then the response ids ending
-    with the end-of-turn token: DINM's sequence builder, so training and evaluation agree."""
-    from detoxedit.methods.dinm import _sequence
-
-    ids, n_prompt = _sequence(tok, prompt, response, hp)
+    with the end-of-turn token: ``machinery.prompt_response_ids``, so training and evaluation agree."""
+    ids, n_prompt = prompt_response_ids(tok, prompt, response, hp)
     return Encoded(ids, n_prompt)
 
 
@@ -231,9 +214,8 @@ class Batch:
 
 def collate(seqs: Sequence[Encoded], pad: int) -> Batch:
     """Right-padded batch (every real position keeps its position id) with the response positions."""
-    width = max(len(s.ids) for s in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    ids, mask = right_pad([s.ids for s in seqs], pad)
+    width = ids.shape[1]
     first = min(s.n_prompt - 1 for s in seqs)  # earliest position whose logits a target needs
     keep = width - first
     n_resp = max(len(s.ids) - s.n_prompt for s in seqs)
@@ -241,8 +223,6 @@ def collate(seqs: Sequence[Encoded], pad: int) -> Batch:
     targets = torch.zeros((len(seqs), n_resp), dtype=torch.long)
     tmask = torch.zeros((len(seqs), n_resp))
     for i, s in enumerate(seqs):
-        ids[i, : len(s.ids)] = torch.tensor(s.ids)
-        mask[i, : len(s.ids)] = 1
         r = len(s.ids) - s.n_prompt
         positions[i, :r] = torch.arange(s.n_prompt - 1, len(s.ids) - 1) - first
         targets[i, :r] = torch.tensor(s.ids[s.n_prompt:])
@@ -409,7 +389,7 @@ class TrainedEditor:
             adapter.save(out_dir / key)
         doc = {"method": self.name, "adapters": list(self.adapters), "hparams": self.hparams.to_dict(),
                "base": self.base, "log": self.train_log}
-        (out_dir / "method.json").write_text(json.dumps(doc, indent=2, default=str))
+        atomic_write_json(out_dir / "method.json", doc, default=str)
 
     def load_artifact(self, out_dir: Path) -> None:
         out_dir = Path(out_dir)

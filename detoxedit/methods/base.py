@@ -13,7 +13,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Protocol, Sequence
@@ -21,6 +20,8 @@ from typing import Any, Callable, Iterator, Protocol, Sequence
 import torch
 
 from detoxedit.errors import DetoxEditError
+from detoxedit.io import atomic_path, atomic_write_json
+from detoxedit.registry import Registry
 
 EDIT_FORMAT_VERSION = 1
 
@@ -120,10 +121,11 @@ class Edit:
         st, js = edit_paths(path)
         st.parent.mkdir(parents=True, exist_ok=True)
         tensors = {n: d.detach().to("cpu", torch.float32).contiguous() for n, d in self.deltas.items()}
-        _atomic(st, lambda tmp: save_file(tensors, str(tmp), metadata={"method": self.method}))
+        with atomic_path(st) as tmp:
+            save_file(tensors, str(tmp), metadata={"method": self.method})
         doc = {"format_version": EDIT_FORMAT_VERSION, "method": self.method,
                "params": list(self.deltas), "meta": self.meta}
-        _atomic(js, lambda tmp: Path(tmp).write_text(json.dumps(doc, indent=2, default=_jsonable)))
+        atomic_write_json(js, doc, default=_jsonable)
         return st
 
     @classmethod
@@ -147,17 +149,6 @@ def edit_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
 
 
-def _atomic(target: Path, write: Callable[[str], None]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _jsonable(obj):
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
@@ -178,9 +169,9 @@ def save_edited_model(model, tok, edit: Edit, out_dir: str | os.PathLike) -> Pat
     try:
         model.save_pretrained(out)
         tok.save_pretrained(out)
-        (out / "detoxedit_edit.json").write_text(
-            json.dumps({"method": edit.method, "params": list(edit.deltas), "meta": edit.meta},
-                       indent=2, default=_jsonable))
+        atomic_write_json(out / "detoxedit_edit.json",
+                          {"method": edit.method, "params": list(edit.deltas), "meta": edit.meta},
+                          default=_jsonable)
     finally:
         edit.revert(model)
     return out
@@ -233,39 +224,15 @@ def edited_side(editor, prompts: Sequence[str], settings):
     return prompts, settings
 
 
-METHODS: dict[str, Callable[..., Editor]] = {}
+METHODS = Registry("method", "detoxedit.methods")
+"""Method key -> editor class (``--method KEY``); every module of ``detoxedit.methods`` is imported on the
+first lookup, so a new method is one module that decorates its class with :func:`register_method`."""
 
 
 def register_method(key: str):
-    """Class decorator: make a method available as ``--method KEY``."""
-    def deco(cls):
-        if key in METHODS:
-            raise ValueError(f"method key {key!r} registered twice")
-        METHODS[key] = cls
-        cls.name = key
-        return cls
-    return deco
-
-
-def _import_method_modules() -> None:
-    """Import every method module of this package once (each registers itself on import).
-
-    Done on first lookup, not at package import, so importing ``detoxedit`` has no side effects.
-    """
-    import importlib
-    import pkgutil
-
-    import detoxedit.methods as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name == "base" or info.name.startswith("_") or info.name.endswith("_hparams"):
-            continue
-        importlib.import_module(f"{pkg.__name__}.{info.name}")
+    """Class decorator: make a method available as ``--method KEY`` (and set ``cls.name = KEY``)."""
+    return METHODS.register(key, name=key)
 
 
 def get_method(key: str) -> Callable[..., Editor]:
-    _import_method_modules()
-    try:
-        return METHODS[key]
-    except KeyError:
-        raise DetoxEditError(f"unknown method {key!r}; available: {', '.join(sorted(METHODS))}") from None
+    return METHODS.get_entry(key)

@@ -11,11 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from detoxedit.errors import DetoxEditError
-from detoxedit.methods._hparams import HyperParamsIO
-
-SUFFIX_SYSTEM_PROMPT = ("If the user's request is reasonable, give the correct answer. "
-                        "Please give the right response:")
+from detoxedit.methods._hparams import FormatSettings
 
 # Reference YAML keys that carry no meaning for detoxedit (model path, devices, module templates).
 _IGNORED_KEYS = {
@@ -26,8 +22,9 @@ _IGNORED_KEYS = {
 
 
 @dataclass
-class DINMHyperParams(HyperParamsIO):
-    """Settings of one DINM edit. Defaults: the paper's LLaMA2-7B-Chat setting (Sec. 4.1)."""
+class DINMHyperParams(FormatSettings):
+    """Settings of one DINM edit. Defaults: the paper's LLaMA2-7B-Chat setting (Sec. 4.1). The input
+    format settings (suffix, max_length, max_output_length, prompt_format) are ``FormatSettings``'."""
 
     METHOD: ClassVar[str] = "DINM"
     YAML_SECTIONS: ClassVar[tuple[str, ...]] = ("hparams", "dinm")  # a run config may nest them
@@ -45,16 +42,8 @@ class DINMHyperParams(HyperParamsIO):
     weights the *edit* loss, not the KL term; we keep the name so its YAML files load."""
     norm_constraint: float | None = None
     """If set, clamp every edited weight to within +-this value of its original after each step."""
-    suffix_system_prompt: str = SUFFIX_SYSTEM_PROMPT
-    """Appended (after a space) to the adversarial input and to the knowledge-constraint prompt."""
-    max_length: int = 1000
-    """Token budget of one training sequence (prompt + response); prompts are cut from the left."""
-    max_output_length: int = 600
-    """New tokens when generating responses for evaluation (paper: 600; 300 for GPT-2-XL)."""
     early_stop_loss: float = 1e-4
     """Stop before a step whose loss is below this (reference: 1e-4)."""
-    prompt_format: Literal["chat", "raw"] = "chat"
-    """How inputs are formatted: the tokenizer's chat template, or raw text as the reference does."""
     kl_grad: bool = True
     """Let the KL constraint L_c carry gradient (paper). False reproduces the reference code, which
     computes L_c under ``torch.no_grad()`` so that DINM reduces to plain NLL tuning of one matrix."""
@@ -86,13 +75,8 @@ class DINMHyperParams(HyperParamsIO):
 
     def validate(self, source: str = "DINM settings") -> None:
         def bad(msg):
-            raise DetoxEditError(f"{source}: {msg}")
-        try:  # YAML 1.1 reads `5e-4` (no dot) as a string
-            self.lr, self.weight_decay, self.kl_factor = float(self.lr), float(self.weight_decay), float(self.kl_factor)
-            if self.norm_constraint is not None:
-                self.norm_constraint = float(self.norm_constraint)
-        except (TypeError, ValueError) as err:
-            bad(f"lr, weight_decay, kl_factor and norm_constraint must be numbers ({err})")
+            self.fail(source, msg)
+        self.as_numbers(source, "lr", "weight_decay", "kl_factor", "norm_constraint")
         if not isinstance(self.layers, list) or len(self.layers) > 1:
             bad(f"layers must be [] (locate per case) or one layer index, got {self.layers!r}")
         if self.num_steps < 0:
@@ -101,7 +85,6 @@ class DINMHyperParams(HyperParamsIO):
             bad("lr must be > 0")
         if self.locate not in ("per_case", "once_per_run"):
             bad(f"locate must be 'per_case' or 'once_per_run', not {self.locate!r}")
-        if self.prompt_format not in ("chat", "raw"):
-            bad(f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
+        self.check_format(source)
         if self.norm_constraint is not None and self.norm_constraint <= 0:
             bad("norm_constraint must be a positive number or null")

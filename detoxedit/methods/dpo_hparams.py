@@ -27,6 +27,6 @@ class DPOHyperParams(TrainedHyperParams):
         try:
             self.beta = float(self.beta)
         except (TypeError, ValueError):
-            self._bad(source or "DPO settings", f"beta must be a number, not {self.beta!r}")
+            self.fail(source or "DPO settings", f"beta must be a number, not {self.beta!r}")
         if self.beta <= 0:
-            self._bad(source or "DPO settings", "beta must be > 0")
+            self.fail(source or "DPO settings", "beta must be > 0")

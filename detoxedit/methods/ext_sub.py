@@ -23,10 +23,10 @@ from __future__ import annotations
 
 import torch
 
-from detoxedit.methods._tuning import (TrainedEditor, encode, pad_of, require_responses, sft_loss,
-                                       to_param_layout, train)
+from detoxedit.methods._tuning import TrainedEditor, encode, pad_of, require_responses, sft_loss, train
 from detoxedit.methods.base import register_method
 from detoxedit.methods.ext_sub_hparams import ExtSubHyperParams
+from detoxedit.methods.machinery import to_param_layout
 
 _EPS = 1e-12
 

@@ -28,8 +28,8 @@ class ExtSubHyperParams(TrainedHyperParams):
         try:
             self.ext_lambda = float(self.ext_lambda)
         except (TypeError, ValueError):
-            self._bad(src, f"ext_lambda must be a number, not {self.ext_lambda!r}")
+            self.fail(src, f"ext_lambda must be a number, not {self.ext_lambda!r}")
         if self.lora_rank < 1:
-            self._bad(src, "Ext-Sub operates on LoRA modules: lora_rank must be >= 1")
+            self.fail(src, "Ext-Sub operates on LoRA modules: lora_rank must be >= 1")
         if not isinstance(self.add_expert, bool):
-            self._bad(src, f"add_expert must be true or false, not {self.add_expert!r}")
+            self.fail(src, f"add_expert must be true or false, not {self.add_expert!r}")

@@ -8,7 +8,8 @@ SafeEdit paper (Wang et al., ACL 2024, Table 1) applies it to one adversarial in
     s.t.   |W_ij - W0_ij| <= eps  for every entry (projected after every Adam step)
 
 with W the down-projection of one block, X the adversarial input, s the suffix system prompt and
-Y_safe the safe response; the batch is DINM's (``build_batch``), so inputs are formatted identically.
+Y_safe the safe response; the batch is DINM's (``machinery.build_batch``), so inputs are formatted
+identically.
 Unlike DINM there is no KL term and no toxic-layer localisation.
 
 The layer is either configured (``layers: [N]``) or chosen per case by **causal tracing** (Meng et
@@ -22,8 +23,9 @@ effect of layer l is
 where R is the model's own greedy (unsafe) response to the prompt; the layer with the largest IE is
 edited. All effects are recorded in the edit's meta.
 
-The model is never modified: the tuned matrix is a float32 copy injected into the forward pass (DINM's
-fast path, which replays only the blocks above the edited layer), and the result is an ``Edit``.
+The model is never modified: the tuned matrix is a float32 copy injected into the forward pass (the
+shared frozen-prefix forward, ``machinery.FastForward``, which replays only the blocks above the edited
+layer), and the result is an ``Edit``.
 """
 
 from __future__ import annotations
@@ -34,12 +36,13 @@ import torch
 import torch.nn.functional as F
 
 from detoxedit.errors import DetoxEditError
-from detoxedit.methods.base import Edit, EditCase, param_fingerprint, register_method
-from detoxedit.methods.dinm import FastForward, _Projector, build_batch
+from detoxedit.methods.base import Edit, EditCase, register_method
 from detoxedit.methods.ft_l_hparams import FTLHyperParams
+from detoxedit.methods.machinery import (FastForward, OutputHead, Projector, block_input, build_batch,
+                                         edit_provenance, replay_blocks)
 from detoxedit.models import arch
 from detoxedit.models.generate import cut_response, pad_id, stop_token_ids, truncate_left, with_suffix
-from detoxedit.models.hooks import capture_calls, capture_outputs, first_tensor, hooks
+from detoxedit.models.hooks import capture_calls, capture_outputs, hooks
 
 
 # --------------------------------------------------------------------------------------------------
@@ -72,8 +75,8 @@ def causal_trace(model, p_ids: list[int], r_ids: list[int], noise: float = 3.0, 
     whose MLP output is the same clean and corrupted (e.g. a zero matrix) has an effect of exactly 0.
 
     Cost: one clean and one corrupted pass, then for layer l only blocks l..L-1 are replayed from the
-    corrupted run's input to block l (with the arguments the model called them with, as DINM's fast
-    path does), and the LM head is applied only at the response positions.
+    corrupted run's input to block l (``machinery.replay_blocks``, with the arguments the model called
+    them with), and the LM head is applied only at the response positions.
     """
     if not p_ids or not r_ids:
         raise DetoxEditError("causal tracing needs a non-empty prompt and response")
@@ -81,8 +84,7 @@ def causal_trace(model, p_ids: list[int], r_ids: list[int], noise: float = 3.0, 
     blocks = list(arch.blocks(model))
     n_layers = len(blocks)
     mlps = [arch.down_proj(model, layer) for layer in range(n_layers)]
-    emb, norm, head = model.get_input_embeddings(), arch.final_norm(model), arch.lm_head(model)
-    cap = arch.logit_softcap(model)
+    emb, head = model.get_input_embeddings(), OutputHead(model)
     P, R = len(p_ids), len(r_ids)
     ids = torch.tensor([p_ids + r_ids], device=dev)
     positions = torch.arange(P - 1, P + R - 1, device=dev)
@@ -90,10 +92,7 @@ def causal_trace(model, p_ids: list[int], r_ids: list[int], noise: float = 3.0, 
 
     def logp(last_hidden: torch.Tensor) -> torch.Tensor:
         """[B, T, d] hidden states after the last block -> [B] summed response-token log-probs."""
-        logits = head(norm(last_hidden[:, positions])).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        lp = F.log_softmax(logits, dim=-1)
+        lp = F.log_softmax(head(last_hidden[:, positions], upcast=True), dim=-1)
         return lp.gather(-1, targets.expand(lp.shape[0], R)[..., None]).squeeze(-1).sum(-1)
 
     with capture_outputs(mlps + [emb, blocks[-1]]) as outs:
@@ -124,14 +123,8 @@ def causal_trace(model, p_ids: list[int], r_ids: list[int], noise: float = 3.0, 
 
     effects = []
     for layer in range(n_layers):
-        args, kwargs = calls[layer]
-        h = args[0] if args else kwargs["hidden_states"]
         with hooks(lambda: [mlps[layer].register_forward_hook(restore(layer))]):
-            for block, (args, kwargs) in zip(blocks[layer:], calls[layer:]):
-                if args:
-                    h = first_tensor(block(h, *args[1:], **kwargs))
-                else:
-                    h = first_tensor(block(**{**kwargs, "hidden_states": h}))
+            h = replay_blocks(blocks[layer:], calls[layer:], block_input(calls[layer]))
         effects.append(float(logp(h).mean()) - corrupted)
     return {"effects": effects, "clean_logp": clean, "corrupted_logp": corrupted, "sigma": sigma}
 
@@ -147,16 +140,15 @@ def best_layer(effects: list[float]) -> int:
 def tune_constrained(model, batch, layer: int, hp: FTLHyperParams) -> tuple[torch.Tensor, list[dict], float, dict]:
     """Adam on ``W = W0 + D`` with ``D`` projected onto ``[-eps, eps]`` after each step (ROME's FT-L).
 
-    Only row 0 of DINM's batch (adversarial input -> safe response) enters the loss. Parametrising by the
-    offset ``D`` gives the same gradients and Adam states as tuning ``W`` itself, and makes the clamp
-    exact: the returned float32 ``D`` satisfies ``|D| <= eps`` entry by entry. Weight decay acts on the
-    full matrix ``W`` (Adam's coupled L2, as in tuning ``W`` directly). Returns
+    Only row 0 of the shared ``EditBatch`` (adversarial input -> safe response) enters the loss.
+    Parametrising by the offset ``D`` gives the same gradients and Adam states as tuning ``W`` itself,
+    and makes the clamp exact: the returned float32 ``D`` satisfies ``|D| <= eps`` entry by entry.
+    Weight decay acts on the full matrix ``W`` (Adam's coupled L2, as in tuning ``W`` directly). Returns
     (D, per-step losses recorded *before* each update, loss after the last step, timings).
     """
-    module = arch.down_proj(model, layer)
-    w0 = module.weight.detach().float()
+    w0 = arch.down_proj(model, layer).weight.detach().float()
     offset = torch.zeros_like(w0, requires_grad=True)
-    project = _Projector(module, w0, arch.spec_for(model).down_proj_layout)
+    project = Projector.down_proj(model, layer, w0)
     t0 = time.perf_counter()
     forward = FastForward(model, batch, layer, project)
     t_prep = time.perf_counter() - t0
@@ -233,8 +225,6 @@ class FTL:
             "losses": losses, "final_loss": final, "steps_run": len(losses),
             "max_abs_delta": float(delta.abs().max()) if delta.numel() else 0.0,
             "timings": {"locate_s": t_locate, **timings, "total_s": time.perf_counter() - t0},
-            "hparams": hp.to_dict(), "model": getattr(model, "detoxedit_spec", None),
-            "dtype": str(w0.dtype).replace("torch.", ""),
-            "base_fingerprints": {name: param_fingerprint(w0)},
+            **edit_provenance(model, hp, {name: w0}),
         }
         return Edit(method="ft-l", deltas={name: delta.cpu()}, meta=meta)

@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from detoxedit.errors import DetoxEditError
-from detoxedit.methods._hparams import HyperParamsIO
-from detoxedit.methods.dinm_hparams import SUFFIX_SYSTEM_PROMPT
+from detoxedit.methods._hparams import FormatSettings
 
 # EasyEdit/ROME YAML keys that only describe their plumbing (paths, devices, module templates).
 _IGNORED_KEYS = {
@@ -24,7 +22,7 @@ _IGNORED_KEYS = {
 
 
 @dataclass
-class FTLHyperParams(HyperParamsIO):
+class FTLHyperParams(FormatSettings):
     """Settings of one FT-L edit. Defaults: ROME's FT-L setting (25 Adam steps, lr 5e-4, eps 5e-4)."""
 
     METHOD: ClassVar[str] = "FT-L"
@@ -45,14 +43,6 @@ class FTLHyperParams(HyperParamsIO):
     norm_constraint: float | None = 5e-4
     """After every step, clamp each weight to within +-this of its original value (L-infinity ball).
     None: unconstrained fine-tuning (FT)."""
-    suffix_system_prompt: str = SUFFIX_SYSTEM_PROMPT
-    """Appended (after a space) to the adversarial input, as for DINM."""
-    max_length: int = 1000
-    """Token budget of the training sequence (prompt + response); prompts are cut from the left."""
-    max_output_length: int = 600
-    """New tokens when generating responses for evaluation."""
-    prompt_format: Literal["chat", "raw"] = "chat"
-    """The tokenizer's chat template, or raw text."""
     trace_noise: float = 3.0
     """Causal tracing: noise std as a multiple of the prompt embeddings' std (Meng et al.: 3)."""
     trace_samples: int = 5
@@ -70,14 +60,8 @@ class FTLHyperParams(HyperParamsIO):
 
     def validate(self, source: str = "FT-L settings") -> None:
         def bad(msg):
-            raise DetoxEditError(f"{source}: {msg}")
-        try:  # YAML 1.1 reads `5e-4` (no dot) as a string
-            self.lr, self.weight_decay = float(self.lr), float(self.weight_decay)
-            self.trace_noise = float(self.trace_noise)
-            if self.norm_constraint is not None:
-                self.norm_constraint = float(self.norm_constraint)
-        except (TypeError, ValueError) as err:
-            bad(f"lr, weight_decay, norm_constraint and trace_noise must be numbers ({err})")
+            self.fail(source, msg)
+        self.as_numbers(source, "lr", "weight_decay", "norm_constraint", "trace_noise")
         if self.layer_selection not in ("configured", "causal_trace"):
             bad(f"layer_selection must be 'configured' or 'causal_trace', not {self.layer_selection!r}")
         if not isinstance(self.layers, list) or len(self.layers) > 1 or \
@@ -89,7 +73,6 @@ class FTLHyperParams(HyperParamsIO):
             bad("lr must be > 0")
         if self.norm_constraint is not None and self.norm_constraint <= 0:
             bad("norm_constraint must be a positive number or null")
-        if self.prompt_format not in ("chat", "raw"):
-            bad(f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
+        self.check_format(source)
         if self.trace_samples < 1 or self.trace_tokens < 1 or self.trace_noise <= 0:
             bad("trace_samples and trace_tokens must be >= 1 and trace_noise > 0")

@@ -19,26 +19,25 @@ edited layer. Before any training (identity g, no statistics yet) this is one gr
 of size alpha_l, which ``tests/test_mend.py`` checks against autograd.
 
 **Training (Eq. 5-6).** For each training case: u, delta from the frozen model on the editing loss
-``L_e`` = NLL of the safe response given the adversarial prompt (+ suffix; DINM's ``build_batch``);
+``L_e`` = NLL of the safe response given the adversarial prompt (+ suffix; ``machinery.build_batch``);
 then the edited model is run *with the edit in the graph* (a forward hook adds ``x @ dW^T`` to the
 down-projection's output), and ``L = c_edit * L_e(edited) + c_loc * KL(p_pre || p_edited)`` on the
-case's knowledge-constraint pair is minimised over g's parameters and the alphas with Adam. The base
-model's weights never change.
+case's knowledge-constraint pair (``machinery.kl_to_reference``) is minimised over g's parameters and
+the alphas with Adam. The base model's weights never change.
 
 **Speed.** Everything below the lowest edited block is frozen, so one no-grad forward pass per
 sequence records the hidden state entering that block and the arguments of every block above it
-(``Replay``, the multi-layer form of DINM's fast path); the gradient probe, the edited forward and
-the KL reference then replay only the top blocks.
+(``machinery.Replay``, the multi-layer form of the shared frozen-prefix forward); the gradient probe,
+the edited forward and the KL reference then replay only the top blocks.
 
 Edited parameters: the MLP down-projection (``arch.down_proj``) of ``hparams.layers`` (default: the
 last 3 blocks). Internally every weight change is ``[d_out, d_in]`` (``nn.Linear``'s layout); GPT-2's
-``Conv1D`` stores ``[d_in, d_out]`` and gets the transpose.
+``Conv1D`` stores ``[d_in, d_out]`` and gets the transpose (``machinery.to_param_layout``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import math
 import random
@@ -52,11 +51,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from detoxedit.errors import DetoxEditError
-from detoxedit.methods.base import Edit, EditCase, param_fingerprint, register_method
-from detoxedit.methods.dinm import build_batch
+from detoxedit.io import atomic_path, atomic_write_json
+from detoxedit.methods.base import Edit, EditCase, register_method
+from detoxedit.methods.machinery import (Replay, build_batch, edit_provenance, io_features, kl_to_reference,
+                                         reference_logprobs, to_param_layout)
 from detoxedit.methods.mend_hparams import MENDHyperParams
 from detoxedit.models import arch
-from detoxedit.models.hooks import capture_calls, first_tensor, hooks
+from detoxedit.models.hooks import hooks
 
 ARTIFACT_WEIGHTS = "mend.safetensors"
 ARTIFACT_META = "mend.json"
@@ -86,19 +87,11 @@ def resolve_layers(model, layers: list[int]) -> list[int]:
 
 def io_dims(model, layer: int) -> tuple[int, int]:
     """``(d_in, d_out)`` of block ``layer``'s down-projection, whatever its storage layout."""
-    w = arch.down_proj(model, layer).weight
-    if arch.spec_for(model).down_proj_layout == "conv1d":  # GPT-2's Conv1D: weight [in, out]
-        return int(w.shape[0]), int(w.shape[1])
-    return int(w.shape[1]), int(w.shape[0])
-
-
-def to_param_layout(model, delta: torch.Tensor) -> torch.Tensor:
-    """A ``[d_out, d_in]`` weight change in the parameter's own layout."""
-    return delta.T.contiguous() if arch.spec_for(model).down_proj_layout == "conv1d" else delta
+    return io_features(arch.down_proj(model, layer).weight, arch.spec_for(model).down_proj_layout)
 
 
 # --------------------------------------------------------------------------------------------------
-# 2. The examples of one case, and the frozen model replayed from the lowest edited block
+# 2. The examples of one case, and the edited layers' gradients
 # --------------------------------------------------------------------------------------------------
 @dataclass
 class Example:
@@ -110,47 +103,11 @@ class Example:
 
 
 def case_examples(tok, case: EditCase, hp: MENDHyperParams) -> tuple[Example, Example]:
-    """(edit example: adversarial prompt + suffix -> safe response; knowledge pair), from DINM's batch."""
+    """(edit example: adversarial prompt + suffix -> safe response; knowledge pair), from ``build_batch``."""
     b = build_batch(tok, case, hp)
     n_e, n_k = (int(b.attention_mask[r].sum()) for r in (0, 1))
     return (Example(b.input_ids[0, :n_e], b.edit_positions, b.edit_targets),
             Example(b.input_ids[1, :n_k], b.kl_positions))
-
-
-def _accepts(model, name: str) -> bool:
-    try:
-        return name in inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-class Replay:
-    """The frozen model on one sequence: one no-grad pass records what enters block ``first`` and the
-    arguments of every block from there up; ``logits`` replays only those blocks (with whatever
-    hooks are active on their modules) and projects the requested positions to the vocabulary."""
-
-    def __init__(self, model, ids: torch.Tensor, first: int):
-        self.model = model
-        self.above = list(arch.blocks(model))[first:]
-        self.final_norm, self.lm_head = arch.final_norm(model), arch.lm_head(model)
-        self.softcap = arch.logit_softcap(model)
-        self.device = next(model.parameters()).device
-        extra = {"logits_to_keep": 1} if _accepts(model, "logits_to_keep") else {}
-        with torch.no_grad(), capture_calls(self.above) as calls:
-            model(input_ids=ids[None].to(self.device), use_cache=False, **extra)
-        self.calls = calls
-        args, kwargs = calls[0]
-        self.h0 = args[0] if args else kwargs["hidden_states"]
-
-    def logits(self, positions: torch.Tensor) -> torch.Tensor:
-        h = self.h0
-        for block, (args, kwargs) in zip(self.above, self.calls):
-            if args:
-                h = first_tensor(block(h, *args[1:], **kwargs))
-            else:
-                h = first_tensor(block(**{**kwargs, "hidden_states": h}))
-        logits = self.lm_head(self.final_norm(h[0, positions.to(self.device)])).float()
-        return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
 
 
 @contextlib.contextmanager
@@ -312,12 +269,6 @@ class MENDNetwork(nn.Module):
 # --------------------------------------------------------------------------------------------------
 # 4. One training step
 # --------------------------------------------------------------------------------------------------
-def kl_to_reference(base_logp: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Mean over positions of ``KL(p_pre || p_post) = sum_v p_pre(v) (log p_pre(v) - log p_post(v))``."""
-    logp = F.log_softmax(logits.float(), dim=-1)
-    return (base_logp.exp() * (base_logp - logp)).sum(-1).mean()
-
-
 def training_loss(net: MENDNetwork, model, tok, case: EditCase, hp: MENDHyperParams
                   ) -> tuple[torch.Tensor, dict]:
     """``L = c_edit * L_e(edited) + c_loc * L_loc`` for one case (paper Eq. 5-6), with the edit in the
@@ -327,7 +278,7 @@ def training_loss(net: MENDNetwork, model, tok, case: EditCase, hp: MENDHyperPar
     rep_e, rep_k = Replay(model, ex_e.ids, layers[0]), Replay(model, ex_k.ids, layers[0])
     l_pre, us, deltas = layer_gradients(model, rep_e, ex_e, layers)
     with torch.no_grad():
-        base_logp_k = F.log_softmax(rep_k.logits(ex_k.positions), dim=-1)
+        base_logp_k = reference_logprobs(rep_k.logits(ex_k.positions))
     edits = [net.weight_edit(i, us[i], deltas[i], update_stats=True) for i in range(len(layers))]
     with down_proj_hooks(model, layers, added_edits(edits)):
         logits_e = rep_e.logits(ex_e.positions)
@@ -452,11 +403,12 @@ class MEND:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
-        save_file(state, str(out / ARTIFACT_WEIGHTS), metadata={"method": "mend"})
+        with atomic_path(out / ARTIFACT_WEIGHTS) as tmp:
+            save_file(state, str(tmp), metadata={"method": "mend"})
         doc = {"format_version": ARTIFACT_VERSION, "method": "mend", "layers": self.net.layers,
                "dims": [list(d) for d in self.net.dims], "hparams": self.hparams.to_dict(),
                "tensors": {k: list(v.shape) for k, v in state.items()}}
-        (out / ARTIFACT_META).write_text(json.dumps(doc, indent=2))
+        atomic_write_json(out / ARTIFACT_META, doc)
 
     def load_artifact(self, out_dir: Path) -> None:
         """Read an artefact written by ``save_artifact``; the network's shapes are checked against its
@@ -519,15 +471,14 @@ class MEND:
         t_editor = time.perf_counter() - t1
         names = [arch.down_proj_param_name(model, layer) for layer in net.layers]
         weights = [arch.down_proj(model, layer).weight for layer in net.layers]
-        result = {name: to_param_layout(model, e.detach().float().cpu()) for name, e in zip(names, edits)}
+        layout = arch.spec_for(model).down_proj_layout
+        result = {name: to_param_layout(e.detach().float().cpu(), layout) for name, e in zip(names, edits)}
         meta = {
             "method": "mend", "case_id": case.case_id, "layers": net.layers, "params": names,
             "pre_edit_loss": l_pre.item(), "post_edit_loss": l_post.item(),
             "edit_norms": {n: float(torch.linalg.norm(d)) for n, d in result.items()},
             "edit_lr": net.edit_lr.detach().cpu().tolist(), "n_positions": int(ex_e.ids.numel()),
             "timings": {"gradient_s": t_grad, "editor_s": t_editor, "total_s": time.perf_counter() - t0},
-            "hparams": hp.to_dict(), "model": getattr(model, "detoxedit_spec", None),
-            "dtype": str(weights[0].dtype).replace("torch.", ""),
-            "base_fingerprints": {n: param_fingerprint(w) for n, w in zip(names, weights)},
+            **edit_provenance(model, hp, dict(zip(names, weights))),
         }
         return Edit(method="mend", deltas=result, meta=meta)

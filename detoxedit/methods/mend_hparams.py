@@ -4,17 +4,16 @@ beyond reading and checking.
 Names follow MEND's own configuration where one exists (``rank``, ``n_hidden``, ``lr``, ``edit_lr``,
 ``lr_lr``, ``cedit``/``cloc`` -> ``c_edit``/``c_loc``, ``grad_clip``); the formatting fields
 (``prompt_format``, ``suffix_system_prompt``, ``max_length``, ``max_output_length``) mean what they
-mean for DINM, because MEND's editing loss is built with DINM's batch builder.
+mean for DINM, because MEND's editing loss is built with the same batch builder
+(``detoxedit.methods.machinery.build_batch``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from detoxedit.errors import DetoxEditError
-from detoxedit.methods._hparams import HyperParamsIO
-from detoxedit.methods.dinm_hparams import SUFFIX_SYSTEM_PROMPT
+from detoxedit.methods._hparams import FormatSettings
 
 # Keys of the reference's YAML files that describe its plumbing, not the method.
 _IGNORED_KEYS = {
@@ -25,7 +24,7 @@ _ALIASES = {"cedit": "c_edit", "cloc": "c_loc"}
 
 
 @dataclass
-class MENDHyperParams(HyperParamsIO):
+class MENDHyperParams(FormatSettings):
     """Settings of MEND: the editor network, its training on a split, and one edit.
 
     Defaults are MEND's published settings where it has them (rank 1920, one hidden layer,
@@ -62,14 +61,6 @@ class MENDHyperParams(HyperParamsIO):
     """Clip the global gradient norm of the editor's parameters at this value (MEND: 100)."""
     seed: int = 0
     """Seed of g's initialisation and of the order of the training cases."""
-    suffix_system_prompt: str = SUFFIX_SYSTEM_PROMPT
-    """Appended (after a space) to the adversarial input and the knowledge prompt, as for DINM."""
-    max_length: int = 1000
-    """Token budget of one training sequence (prompt + response); prompts are cut from the left."""
-    max_output_length: int = 600
-    """New tokens when generating responses for evaluation (paper: 600; 300 for GPT-2-XL)."""
-    prompt_format: Literal["chat", "raw"] = "chat"
-    """How inputs are formatted: the tokenizer's chat template, or raw text as the reference does."""
 
     @classmethod
     def _normalise(cls, raw: dict[str, Any]) -> dict[str, Any]:
@@ -80,12 +71,8 @@ class MENDHyperParams(HyperParamsIO):
 
     def validate(self, source: str = "MEND settings") -> None:
         def bad(msg):
-            raise DetoxEditError(f"{source}: {msg}")
-        try:  # YAML 1.1 reads `1e-4` (no dot) as a string
-            for name in ("lr", "edit_lr", "lr_lr", "c_edit", "c_loc", "grad_clip"):
-                setattr(self, name, float(getattr(self, name)))
-        except (TypeError, ValueError) as err:
-            bad(f"lr, edit_lr, lr_lr, c_edit, c_loc and grad_clip must be numbers ({err})")
+            self.fail(source, msg)
+        self.as_numbers(source, "lr", "edit_lr", "lr_lr", "c_edit", "c_loc", "grad_clip")
         if not isinstance(self.layers, list) or not all(isinstance(i, int) for i in self.layers):
             bad(f"layers must be a list of block indices ([] = the last 3 blocks), got {self.layers!r}")
         if len(set(self.layers)) != len(self.layers):
@@ -106,5 +93,4 @@ class MENDHyperParams(HyperParamsIO):
             bad("grad_clip must be > 0")
         if self.max_length < 16:
             bad("max_length must be at least 16 tokens")
-        if self.prompt_format not in ("chat", "raw"):
-            bad(f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
+        self.check_format(source)

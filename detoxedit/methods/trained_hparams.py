@@ -4,15 +4,14 @@ reading and checking; each method's ``*_hparams.py`` subclasses :class:`TrainedH
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-from detoxedit.errors import DetoxEditError
-from detoxedit.methods._hparams import HyperParamsIO
-from detoxedit.methods.dinm_hparams import SUFFIX_SYSTEM_PROMPT
+from detoxedit.data.records import SUFFIX_SYSTEM_PROMPT
+from detoxedit.methods._hparams import FormatSettings
 
 
 @dataclass
-class TrainedHyperParams(HyperParamsIO):
+class TrainedHyperParams(FormatSettings):
     """Training settings of a method that learns deltas on the projection matrices from a train split."""
 
     METHOD: ClassVar[str] = "trained method"
@@ -39,48 +38,35 @@ class TrainedHyperParams(HyperParamsIO):
     """Training sequences per optimiser step (a DPO step reads ``batch_size`` preference pairs)."""
     max_length: int = 512
     """Token budget of one training sequence (prompt + response); prompts are cut from the left."""
-    seed: int = 0
-    """Seed of the LoRA initialisation and of the per-epoch shuffles."""
-    prompt_format: Literal["chat", "raw"] = "chat"
-    """How inputs are formatted: the tokenizer's chat template, or raw text as the reference does."""
     suffix_system_prompt: str | None = SUFFIX_SYSTEM_PROMPT
     """Appended (after a space) to every training prompt and, by the runner, to every evaluation input
     (DINM's default, so vanilla responses cached for DINM are reused). None: no suffix."""
-    max_output_length: int = 600
-    """New tokens when generating responses for evaluation (paper: 600)."""
-
-    def _bad(self, source: str, msg: str):
-        raise DetoxEditError(f"{source}: {msg}")
+    seed: int = 0
+    """Seed of the LoRA initialisation and of the per-epoch shuffles."""
 
     def validate(self, source: str | None = None) -> None:
         source = source or f"{self.METHOD} settings"
-        try:  # YAML 1.1 reads `5e-4` (no dot) as a string
-            self.lr, self.weight_decay, self.lora_alpha = float(self.lr), float(self.weight_decay), float(self.lora_alpha)
-            if self.max_grad_norm is not None:
-                self.max_grad_norm = float(self.max_grad_norm)
-        except (TypeError, ValueError) as err:
-            self._bad(source, f"lr, weight_decay, lora_alpha and max_grad_norm must be numbers ({err})")
+        self.as_numbers(source, "lr", "weight_decay", "lora_alpha", "max_grad_norm")
         for name in ("lora_rank", "epochs", "batch_size", "max_length", "max_output_length"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool):
-                self._bad(source, f"{name} must be an integer, not {value!r}")
+                self.fail(source, f"{name} must be an integer, not {value!r}")
         if self.lora_rank < 0:
-            self._bad(source, "lora_rank must be >= 0 (0 = full fine-tuning)")
+            self.fail(source, "lora_rank must be >= 0 (0 = full fine-tuning)")
         if self.epochs < 1 or self.batch_size < 1:
-            self._bad(source, "epochs and batch_size must be >= 1")
+            self.fail(source, "epochs and batch_size must be >= 1")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            self._bad(source, f"max_steps must be a positive integer or null, not {self.max_steps!r}")
+            self.fail(source, f"max_steps must be a positive integer or null, not {self.max_steps!r}")
         if self.lr <= 0:
-            self._bad(source, "lr must be > 0")
+            self.fail(source, "lr must be > 0")
         if self.max_length < 32:
-            self._bad(source, "max_length must be at least 32 tokens")
+            self.fail(source, "max_length must be at least 32 tokens")
         if isinstance(self.target_roles, str):
             self.target_roles = [self.target_roles]
         bad = [r for r in self.target_roles if r not in ("attn", "mlp")]
         if bad or not self.target_roles:
-            self._bad(source, f"target_roles must be a non-empty subset of ['attn', 'mlp'], not {self.target_roles!r}")
+            self.fail(source, f"target_roles must be a non-empty subset of ['attn', 'mlp'], not {self.target_roles!r}")
         if self.layers is not None and (not isinstance(self.layers, list)
                                         or not all(isinstance(i, int) for i in self.layers)):
-            self._bad(source, f"layers must be null or a list of block indices, not {self.layers!r}")
-        if self.prompt_format not in ("chat", "raw"):
-            self._bad(source, f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
+            self.fail(source, f"layers must be null or a list of block indices, not {self.layers!r}")
+        self.check_format(source)

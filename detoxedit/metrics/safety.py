@@ -26,10 +26,9 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from detoxedit.data.records import INPUT_KEYS
 from detoxedit.errors import DetoxEditError
 
-INPUT_KEYS = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ")
-"""The five inputs of a case, in the reference's order."""
 DG_KEYS = INPUT_KEYS[1:]
 """The four generalisation inputs."""
 DG_AVG = "DG-Avg"
@@ -202,7 +201,7 @@ def by_category(cases: Sequence[LabelCase], categories: Sequence[str]) -> dict[s
     """``safety_table`` of each category's cases: ``{category: table}``, categories sorted.
 
     ``categories[i]`` is case i's category, used as given (normalise spelling beforehand, e.g. with
-    ``detoxedit.data.safeedit.normalize_category``).
+    ``detoxedit.data.records.normalize_category``).
     """
     return {cat: safety_table(group) for cat, group in _group(cases, categories).items()}
 

@@ -32,7 +32,9 @@ class ArchSpec:
     lm_head: str
     """Path of the output projection to the vocabulary."""
     down_proj_layout: Literal["linear", "conv1d"] = "linear"
-    """``linear``: ``nn.Linear`` (weight ``[out, in]``); ``conv1d``: GPT-2's ``Conv1D`` (weight ``[in, out]``)."""
+    """``linear``: ``nn.Linear`` (weight ``[out, in]``); ``conv1d``: GPT-2's ``Conv1D`` (weight ``[in, out]``).
+    Every projection of a family (``attn_proj`` and ``mlp_proj`` too) is stored this way; see
+    ``projection_layout``."""
     mlp_out_norm: str | None = None
     """Norm applied to the MLP output before it joins the residual stream (Gemma 2/3's
     ``post_feedforward_layernorm``), relative to the block; None when the MLP output is simply added."""
@@ -146,6 +148,25 @@ def logit_softcap(model: nn.Module) -> float | None:
     if cap is None and hasattr(cfg, "get_text_config"):
         cap = getattr(cfg.get_text_config(), "final_logit_softcapping", None)
     return float(cap) if cap else None
+
+
+def projection_layout(model: nn.Module, path: str) -> str:
+    """Storage layout of the projection module at ``path`` (a full path, as from ``projection_paths``):
+    the family's ``down_proj_layout``, checked against the module's class (``nn.Linear`` for
+    ``linear``, GPT-2's ``Conv1D`` for ``conv1d``), with an error naming the table when they disagree."""
+    module = get_module(model, path)
+    layout = spec_for(model).down_proj_layout
+    from transformers.pytorch_utils import Conv1D
+
+    kind = "linear" if isinstance(module, nn.Linear) else "conv1d" if isinstance(module, Conv1D) else None
+    if kind is None:
+        raise DetoxEditError(f"{path} is a {type(module).__name__}, not a linear projection; "
+                             "fix attn_proj/mlp_proj in detoxedit/models/arch.py")
+    if kind != layout:
+        raise DetoxEditError(f"{path} is a {type(module).__name__} (layout {kind}), but the architecture "
+                             f"table says {layout} for model_type {model.config.model_type!r}; fix "
+                             "down_proj_layout in detoxedit/models/arch.py")
+    return layout
 
 
 ROLES = ("attn", "mlp")

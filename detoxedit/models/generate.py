@@ -1,6 +1,7 @@
 """Prompt formatting and batched generation.
 
-Three rules the reference implementation breaks and we keep (see ``shared/REFERENCE.md``):
+Three rules the reference implementation breaks and we keep (the README compares the two; ``docs/dinm.md``
+has the details):
 
 * the prompt is formatted with the tokenizer's chat template when it has one (``prompt_format="chat"``);
   ``"raw"`` feeds the bare text, as the reference does;

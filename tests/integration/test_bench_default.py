@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from detoxedit.bench.records import read_records
+from detoxedit.bench.records import read_run_records
 from detoxedit.cli import main
 
 pytestmark = pytest.mark.integration
@@ -15,7 +15,7 @@ def test_two_case_bench_and_report_on_the_default_model(tmp_path, capsys):
     rc = main(["bench", "--model", "default", "--data", "builtin", "--split", "test", "--limit", "2",
                "--max-new-tokens", "32", "--out", str(run), "--no-progress"])
     assert rc == 0
-    records = read_records(run)
+    records = read_run_records(run)
     assert len(records) == 2
     for rec in records:
         assert set(rec["vanilla"]) == {"DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"}

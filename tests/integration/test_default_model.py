@@ -8,9 +8,9 @@ import re
 import pytest
 
 from detoxedit.methods.base import EditCase, save_edited_model
-from detoxedit.methods.dinm import DINM, with_suffix
+from detoxedit.methods.dinm import DINM
 from detoxedit.methods.dinm_hparams import DINMHyperParams
-from detoxedit.models.generate import GenerationSettings, generate
+from detoxedit.models.generate import GenerationSettings, generate, with_suffix
 
 pytestmark = pytest.mark.integration
 

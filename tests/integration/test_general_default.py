@@ -11,7 +11,7 @@ pytestmark = pytest.mark.integration
 
 def test_general_command_vanilla_vs_one_edit(tmp_path, capsys):
     out = tmp_path / "gen"
-    args = ["general", "--model", "default", "--data", "builtin", "--cases", "1", "--limit", "3",
+    args = ["general", "--model", "default", "--data", "builtin", "--limit", "1", "--general-limit", "3",
             "--out", str(out), "--no-progress"]
     assert main(args) == 0
     printed = capsys.readouterr().out

@@ -8,9 +8,9 @@ Uses the shipped test split only (the train split may need building): the editor
 import pytest
 import torch
 
-from detoxedit.bench.runner import edit_case
+from detoxedit.cases import to_edit_case
 from detoxedit.configs import builtin_config_path
-from detoxedit.data.safeedit import load_split
+from detoxedit.data.load import load_split
 from detoxedit.methods.mend import MEND
 from detoxedit.methods.mend_hparams import MENDHyperParams
 
@@ -21,7 +21,7 @@ def test_short_training_then_edit_lowers_the_safe_response_nll(tmp_path):
     from detoxedit.models.load import load_model
 
     model, tok = load_model("default", dtype="fp32")
-    cases = [edit_case(r, "test", i) for i, r in enumerate(load_split("builtin", "test"))]
+    cases = [to_edit_case(r, "test", i) for i, r in enumerate(load_split("builtin", "test"))]
     train, held_out = cases[:8], cases[-1]
     hp = MENDHyperParams.from_yaml(builtin_config_path("mend", "smollm2-135m"))
     editor = MEND(hp)

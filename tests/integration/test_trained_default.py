@@ -11,12 +11,12 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def setup():
-    from detoxedit.bench.runner import edit_case
-    from detoxedit.data.safeedit import load_split
+    from detoxedit.cases import to_edit_case
+    from detoxedit.data.load import load_split
     from detoxedit.models.load import load_model
 
     model, tok = load_model("default", dtype="fp32")
-    cases = [edit_case(r, "builtin", i) for i, r in enumerate(load_split("builtin", "test")[:2])]
+    cases = [to_edit_case(r, "builtin", i) for i, r in enumerate(load_split("builtin", "test")[:2])]
     return model, tok, cases
 
 

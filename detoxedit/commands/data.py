@@ -10,6 +10,10 @@ import argparse
 import json
 import sys
 
+from detoxedit.commands import COMMANDS
+from detoxedit.config import DTYPES
+from detoxedit.settings import run_flag_help
+
 BUILD_EPILOG = """\
 inputs (CSV, JSONL or a JSON list; column names in docs/data.md):
   --questions  id, category, question[, safe][, split]
@@ -22,11 +26,12 @@ With no inputs the built-in benchmark is built. Unsafe responses are generated b
 
 examples:
   detoxedit data build --out data/builtin --splits test          # the test split only (fastest)
-  detoxedit data build --source advbench --per-category 12 --out data/advbench
+  detoxedit data build --source advbench --questions-per-category 12 --out data/advbench
   detoxedit data validate data/builtin/SafeEdit_test.json
 """
 
 
+@COMMANDS.register("data", order=100)
 def register(sub) -> None:
     data = sub.add_parser("data", help="validate, build and describe SafeEdit-format data",
                           description=__doc__)
@@ -41,7 +46,7 @@ def register(sub) -> None:
     v.add_argument("--strict", action="store_true", help="treat warnings as errors")
     v.set_defaults(func=run_validate)
 
-    from detoxedit.data.sources import SOURCE_PACKAGES  # no heavy imports in that module
+    from detoxedit.data.importers import source_packages  # no heavy imports in that module
 
     b = dsub.add_parser("build", help="assemble a SafeEdit-style benchmark (default: the built-in one)",
                         epilog=BUILD_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -51,22 +56,23 @@ def register(sub) -> None:
     b.add_argument("--constraints", metavar="F", help="knowledge-constraint pairs (CSV/JSONL)")
     b.add_argument("--source", action="append", default=[], metavar="NAME",
                    help="public set read from an installed package, repeatable: "
-                        + ", ".join(f"{k} ({v})" for k, v in SOURCE_PACKAGES.items()))
+                        + ", ".join(f"{k} ({v})" for k, v in source_packages().items()))
     b.add_argument("--generator", default="default", metavar="MODEL",
                    help="model that writes the unsafe responses: 'default', hub id, dir or .gguf")
     b.add_argument("--max-new-tokens", type=int, default=None,
-                   help="tokens per unsafe response (default 128; the paper used 600)")
-    b.add_argument("--batch-size", type=int, default=8, help="generation batch size")
-    b.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
-    b.add_argument("--device", default="cpu")
+                   help=run_flag_help("max_new_tokens", "here: of each unsafe response (default 128; the "
+                                                         "paper used 600)"))
+    b.add_argument("--batch-size", type=int, default=8, help=run_flag_help("batch_size"))
+    b.add_argument("--dtype", default="fp32", choices=DTYPES, help=run_flag_help("dtype"))
+    b.add_argument("--device", default="cpu", help=run_flag_help("device"))
     b.add_argument("--no-system-prompt", action="store_true",
                    help="generate without the compliance system prompt (see docs/data.md)")
-    b.add_argument("--per-category", type=int, default=None, metavar="N",
+    b.add_argument("--questions-per-category", dest="per_category", type=int, default=None, metavar="N",
                    help="use at most N questions per category (split 3:2:1)")
     b.add_argument("--unsafe-from", metavar="FILE", help="your own unsafe responses (CSV/JSONL)")
     b.add_argument("--splits", default="train,val,test",
                    help="comma-separated splits to write (e.g. 'test' to get started quickly)")
-    b.add_argument("--seed", type=int, default=0, help="seed of the hash-based splits and pairings")
+    b.add_argument("--seed", type=int, default=0, help=run_flag_help("seed", "here: of the hash-based splits and pairings"))
     b.add_argument("--cache-dir", default=None, help="response cache (default $DETOXEDIT_CACHE or "
                                                       "~/.cache/detoxedit)")
     b.add_argument("--out", required=True, metavar="DIR", help="output directory")
@@ -81,7 +87,7 @@ def register(sub) -> None:
 
 
 def run_validate(args) -> int:
-    from detoxedit.data.safeedit import validate_file
+    from detoxedit.data.validate import validate_file
 
     n_err = n_warn = 0
     for f in args.files:
@@ -99,13 +105,8 @@ def run_validate(args) -> int:
 
 
 def run_build(args) -> int:
-    from detoxedit.data.build import (
-        DEFAULT_MAX_NEW_TOKENS,
-        GENERATOR_SYSTEM_PROMPT,
-        build,
-        gather_inputs,
-        model_generator,
-    )
+    from detoxedit.data.build import build, gather_inputs
+    from detoxedit.data.unsafe import DEFAULT_MAX_NEW_TOKENS, GENERATOR_SYSTEM_PROMPT, model_generator
 
     inputs = gather_inputs(questions=args.questions, attacks=args.attacks, constraints=args.constraints,
                            safe=args.safe, sources=args.source)

