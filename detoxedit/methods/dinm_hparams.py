@@ -74,17 +74,15 @@ class DINMHyperParams(FormatSettings):
         return raw
 
     def validate(self, source: str = "DINM settings") -> None:
-        def bad(msg):
-            self.fail(source, msg)
         self.as_numbers(source, "lr", "weight_decay", "kl_factor", "norm_constraint")
         if not isinstance(self.layers, list) or len(self.layers) > 1:
-            bad(f"layers must be [] (locate per case) or one layer index, got {self.layers!r}")
+            self.fail(source, f"layers must be [] (locate per case) or one layer index, got {self.layers!r}")
         if self.num_steps < 0:
-            bad("num_steps must be >= 0")
+            self.fail(source, "num_steps must be >= 0")
         if self.lr <= 0:
-            bad("lr must be > 0")
+            self.fail(source, "lr must be > 0")
         if self.locate not in ("per_case", "once_per_run"):
-            bad(f"locate must be 'per_case' or 'once_per_run', not {self.locate!r}")
+            self.fail(source, f"locate must be 'per_case' or 'once_per_run', not {self.locate!r}")
         self.check_format(source)
         if self.norm_constraint is not None and self.norm_constraint <= 0:
-            bad("norm_constraint must be a positive number or null")
+            self.fail(source, "norm_constraint must be a positive number or null")

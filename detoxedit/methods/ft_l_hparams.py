@@ -59,20 +59,18 @@ class FTLHyperParams(FormatSettings):
         return raw
 
     def validate(self, source: str = "FT-L settings") -> None:
-        def bad(msg):
-            self.fail(source, msg)
         self.as_numbers(source, "lr", "weight_decay", "norm_constraint", "trace_noise")
         if self.layer_selection not in ("configured", "causal_trace"):
-            bad(f"layer_selection must be 'configured' or 'causal_trace', not {self.layer_selection!r}")
+            self.fail(source, f"layer_selection must be 'configured' or 'causal_trace', not {self.layer_selection!r}")
         if not isinstance(self.layers, list) or len(self.layers) > 1 or \
                 (self.layer_selection == "configured" and len(self.layers) != 1):
-            bad(f"layers must hold one layer index (FT-L tunes one layer), got {self.layers!r}")
+            self.fail(source, f"layers must hold one layer index (FT-L tunes one layer), got {self.layers!r}")
         if self.num_steps < 0:
-            bad("num_steps must be >= 0")
+            self.fail(source, "num_steps must be >= 0")
         if self.lr <= 0:
-            bad("lr must be > 0")
+            self.fail(source, "lr must be > 0")
         if self.norm_constraint is not None and self.norm_constraint <= 0:
-            bad("norm_constraint must be a positive number or null")
+            self.fail(source, "norm_constraint must be a positive number or null")
         self.check_format(source)
         if self.trace_samples < 1 or self.trace_tokens < 1 or self.trace_noise <= 0:
-            bad("trace_samples and trace_tokens must be >= 1 and trace_noise > 0")
+            self.fail(source, "trace_samples and trace_tokens must be >= 1 and trace_noise > 0")

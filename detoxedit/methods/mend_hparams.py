@@ -70,27 +70,25 @@ class MENDHyperParams(FormatSettings):
         return raw
 
     def validate(self, source: str = "MEND settings") -> None:
-        def bad(msg):
-            self.fail(source, msg)
         self.as_numbers(source, "lr", "edit_lr", "lr_lr", "c_edit", "c_loc", "grad_clip")
         if not isinstance(self.layers, list) or not all(isinstance(i, int) for i in self.layers):
-            bad(f"layers must be a list of block indices ([] = the last 3 blocks), got {self.layers!r}")
+            self.fail(source, f"layers must be a list of block indices ([] = the last 3 blocks), got {self.layers!r}")
         if len(set(self.layers)) != len(self.layers):
-            bad(f"layers lists a block twice: {self.layers!r}")
+            self.fail(source, f"layers lists a block twice: {self.layers!r}")
         if not isinstance(self.rank, int) or self.rank < 1:
-            bad(f"rank must be a positive integer, got {self.rank!r}")
+            self.fail(source, f"rank must be a positive integer, got {self.rank!r}")
         if not isinstance(self.n_hidden, int) or self.n_hidden < 0:
-            bad(f"n_hidden must be an integer >= 0, got {self.n_hidden!r}")
+            self.fail(source, f"n_hidden must be an integer >= 0, got {self.n_hidden!r}")
         if self.lr <= 0 or self.lr_lr < 0:
-            bad("lr must be > 0 and lr_lr >= 0")
+            self.fail(source, "lr must be > 0 and lr_lr >= 0")
         if self.c_edit < 0 or self.c_loc < 0:
-            bad("c_edit and c_loc must be >= 0")
+            self.fail(source, "c_edit and c_loc must be >= 0")
         if not isinstance(self.epochs, int) or self.epochs < 1:
-            bad(f"epochs must be an integer >= 1, got {self.epochs!r}")
+            self.fail(source, f"epochs must be an integer >= 1, got {self.epochs!r}")
         if self.max_steps is not None and (not isinstance(self.max_steps, int) or self.max_steps < 1):
-            bad(f"max_steps must be null or an integer >= 1, got {self.max_steps!r}")
+            self.fail(source, f"max_steps must be null or an integer >= 1, got {self.max_steps!r}")
         if self.grad_clip <= 0:
-            bad("grad_clip must be > 0")
+            self.fail(source, "grad_clip must be > 0")
         if self.max_length < 16:
-            bad("max_length must be at least 16 tokens")
+            self.fail(source, "max_length must be at least 16 tokens")
         self.check_format(source)
