@@ -128,13 +128,10 @@ def add_run_arguments(p: argparse.ArgumentParser, only: Sequence[str] | None = N
                        help="override one of the method's hyper-parameters (value read as YAML; repeatable)")
 
 
-def run_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None,
-               base: RunConfig | None = None) -> RunConfig:
-    """The ``RunConfig`` of parsed flags: ``base`` (else ``--config``, else the defaults: the fields' own,
-    updated by the command's ``defaults``), then every flag given on the command line."""
-    if base is not None:
-        cfg = dataclasses.replace(base)
-    elif getattr(args, "config", None):
+def run_config(args: argparse.Namespace, defaults: dict[str, Any] | None = None) -> RunConfig:
+    """The ``RunConfig`` of parsed flags: ``--config`` (else the defaults: the fields' own, updated by the
+    command's ``defaults``), then every flag given on the command line."""
+    if getattr(args, "config", None):
         cfg = RunConfig.from_yaml(args.config)
     else:
         cfg = RunConfig(**(defaults or {}))
