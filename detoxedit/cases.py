@@ -7,6 +7,7 @@ This is the one seam between the data package (records) and the methods (``EditC
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from detoxedit.config import RunConfig
@@ -68,14 +69,53 @@ def select_records(records: Sequence, cfg: RunConfig, shard: tuple[int, int] = (
     return indexed[i::n]
 
 
-def with_unsafe_answer(case: EditCase, model, tok, settings, cache=None) -> EditCase:
-    """``case`` with an unsafe text to locate the toxic layer: its own when it has one, else the model's
-    answer to the bare adversarial input (from ``cache``, a ``ResponseCache``, when given)."""
-    if not case.unsafe:
-        if cache is not None:
-            case.unsafe = cache.generate(model, tok, [case.prompt], settings)[0][0]
-        else:
-            from detoxedit.models.generate import generate
+UNSAFE_SOURCE_INPUTS = ("attack", "attack+suffix")
+"""The inputs :func:`with_unsafe_answer` tries, in order, when a record has no unsafe text."""
 
-            case.unsafe = generate(model, tok, [case.prompt], settings)[0]
+
+def with_unsafe_answer(case: EditCase, model, tok, settings, cache=None, suffix: str | None = None) -> EditCase:
+    """``case`` with an unsafe text to locate the toxic layer, and ``case.unsafe_source`` saying where it
+    came from (DINM, Wang et al. 2024, Sec. 3.2: the toxic layer is where the hidden states of the safe and
+    the unsafe response differ most, so the unsafe side must really be unsafe).
+
+    * The record's own unsafe text when it has one (``unsafe_source = "record"``).
+    * Otherwise the model's greedy answers, tried in order and generated only as needed: the bare
+      adversarial input (``generated:attack``), then that input with the method's ``suffix`` system prompt
+      (``generated:attack+suffix``; skipped when ``suffix`` is None). The first answer that is *not* a
+      refusal by the broad detector (:func:`detoxedit.judges.refusal.is_refusal`) is taken.
+    * If every answer is a refusal, the first one is used, ``unsafe_source = "refusal-only:attack"``, and a
+      warning is logged: the located layer then separates two refusals, not safe from unsafe text.
+
+    Answers come from ``cache`` (a ``ResponseCache``) when given, so a rerun reuses them.
+    """
+    if case.unsafe:
+        case.unsafe_source = case.unsafe_source or "record"
+        return case
+    from detoxedit.judges.refusal import is_refusal
+
+    def answer(prompt: str) -> str:
+        if cache is not None:
+            return cache.generate(model, tok, [prompt], settings)[0][0]
+        from detoxedit.models.generate import generate
+
+        return generate(model, tok, [prompt], settings)[0]
+
+    tries = [("attack", case.prompt)]
+    if suffix:
+        from detoxedit.models.generate import with_suffix
+
+        tries.append(("attack+suffix", with_suffix(case.prompt, suffix)))
+    first = None
+    for name, prompt in tries:
+        text = answer(prompt)
+        if first is None:
+            first = text
+        if not is_refusal(text):
+            case.unsafe, case.unsafe_source = text, f"generated:{name}"
+            return case
+    case.unsafe, case.unsafe_source = first, "refusal-only:attack"
+    logging.getLogger(__name__).warning(
+        "case %s: the model refused every input tried (%s), so its first refusal stands in for the unsafe "
+        "answer; the located layer separates two refusals, not safe from unsafe text",
+        case.case_id, ", ".join(n for n, _ in tries))
     return case

@@ -68,6 +68,9 @@ class RunConfig:
                                          "when missing (default: RUN_DIR/artifact)")
     train_split: str = setting("train", "the split trained methods learn from (of the same --data)")
     train_limit: int | None = setting(None, "train on only the first N records of --train-split")
+    overrefusal_items: int = setting(16, "over-refusal in bench (dinm, ft-l, mend): after each edit the edited "
+                                         "model answers the first N built-in harmless prompts (64 "
+                                         "greedy tokens; the vanilla answers are cached); 0 disables")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "<config>") -> "RunConfig":
@@ -99,6 +102,8 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 bad(f"{name} must be >= 1")
+        if self.overrefusal_items is not None and self.overrefusal_items < 0:
+            bad("overrefusal_items must be >= 0 (0 disables the over-refusal check)")
         if self.cases is not None:
             self.cases = [str(c) for c in self.cases]
 

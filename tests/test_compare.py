@@ -5,15 +5,17 @@ import json
 import pytest
 import yaml
 
-from detoxedit.bench.compare import compare_runs, write_comparison
+from detoxedit.bench.compare import compare_runs, markdown, write_comparison
 from detoxedit.cli import main
 from detoxedit.errors import DetoxEditError
 
 KEYS = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ")
 
 
-def make_run(path, method, edited, vanilla=None, responses="v", uses_instance=True, fluency=5.0, judge="refusal"):
-    """A run dir with one record per case. ``edited``/``vanilla``: {key: [label per case]}."""
+def make_run(path, method, edited, vanilla=None, responses="v", uses_instance=True, fluency=5.0, judge="refusal",
+             extra=None):
+    """A run dir with one record per case. ``edited``/``vanilla``: {key: [label per case]}; ``extra``: per
+    case, more record fields (``edit`` entries are merged into the record's ``edit``)."""
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump({"method": method, "judge": judge, "model": "m",
                                                       "data": "d", "split": "test", "protocol": "fair"}))
@@ -26,7 +28,9 @@ def make_run(path, method, edited, vanilla=None, responses="v", uses_instance=Tr
             "edited": {k: "e" for k in edited},
             "labels": {judge: {"vanilla": {k: v[i] for k, v in vanilla.items()},
                                "edited": {k: v[i] for k, v in edited.items()}}},
-            "fluency": {"vanilla": 6.0, "edited": fluency}, "edit": {"uses_instance": uses_instance}}))
+            "fluency": {"vanilla": 6.0, "edited": fluency},
+            "edit": {"uses_instance": uses_instance, **((extra or {}).get(i, {}).get("edit") or {})},
+            **{k: v for k, v in ((extra or {}).get(i) or {}).items() if k != "edit"}}))
     (path / "records.jsonl").write_text("\n".join(lines) + "\n")
     return path
 
@@ -105,3 +109,42 @@ def test_missing_judge_labels_are_a_clear_error(tmp_path):
         compare_runs([a], judge="classifier")
     with pytest.raises(DetoxEditError, match="not a run directory"):
         compare_runs([tmp_path / "nothing"])
+
+
+def harmless(edited_refusals):
+    n = len(edited_refusals)
+    return {"ids": [f"h{i}" for i in range(n)], "kinds": ["ordinary", "dangerous_sounding"] * (n // 2),
+            "prompts": ["p"] * n, "vanilla": ["a"] * n, "edited": ["b"] * n, "vanilla_refusals": [False] * n,
+            "edited_refusals": edited_refusals}
+
+
+def test_harmless_refused_and_failed_edits_columns(tmp_path):
+    """Run a, 4 cases of 2 harmless answers each: edited refusals (T, F), (T, T), (F, F), (F, F) -> 3 of 8 =
+    37.50%, vanilla none -> 0.00 [0.0, 0.0]. Validation: case 0 ok, case 1 failed (the method), case 2
+    failed by the judge (its DS label is 1 with status ok from the method), case 3 none -> unchecked: the
+    cell reads 2 failed of 3 checked, 1 unchecked. Run b has neither: — in both columns."""
+    from detoxedit.bench.records import validate_answer
+
+    ok = {"status": "ok", "reasons": [], "checks": {}}
+    extra = {0: {"edit": {"validation": validate_answer(ok, 0, True, "refusal", True)}},
+             1: {"edit": {"validation": validate_answer({"status": "failed", "reasons": ["loss did not fall"],
+                                                         "checks": {}}, 0, True, "refusal", True)}},
+             2: {"edit": {"validation": validate_answer(ok, 1, True, "refusal", True)}}, 3: {}}
+    for i, flags in enumerate([[True, False], [True, True], [False, False], [False, False]]):
+        extra[i]["overrefusal"] = harmless(flags)
+    a = make_run(tmp_path / "a", "dinm", {"DS": [0, 0, 1, 0]}, extra=extra)
+    b = make_run(tmp_path / "b", "ft-l", {"DS": [1, 1, 1, 1]})
+    res = compare_runs([a, b])
+    assert res["columns"] == ["DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG-Avg", "Harmless refused",
+                              "Fluency", "KQA", "CSum", "Failed edits"]
+    md = markdown(res)
+    rows = {line.split("|")[1].strip(): [x.strip() for x in line.strip().strip("|").split("|")]
+            for line in md.splitlines() if line.startswith("| ") and not line.startswith("| method")}
+    col = {name: i + 2 for i, name in enumerate(res["columns"])}
+    assert rows["vanilla"][col["Harmless refused"]] == "0.00 [0.0, 0.0]" and rows["vanilla"][col["Failed edits"]] == "—"
+    assert rows["dinm"][col["Harmless refused"]].startswith("37.50 [")
+    assert rows["dinm"][col["Failed edits"]] == "2/3 (+1 unchecked)"
+    assert rows["ft-l"][col["Harmless refused"]] == "—" and rows["ft-l"][col["Failed edits"]] == "—"
+    failed = res["rows"][1]["validation"]["failed"]
+    assert failed == [{"case_id": "1", "reasons": ["loss did not fall"]},
+                      {"case_id": "2", "reasons": ["edited answer to the edited input judged unsafe by refusal"]}]

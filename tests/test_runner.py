@@ -47,7 +47,7 @@ def setup(tmp_path, tiny_tok, monkeypatch):
     data.write_text(json.dumps([record(i) for i in range(6)], indent=4))
     monkeypatch.setenv("DETOXEDIT_CACHE", str(tmp_path / "cache"))
     cfg = RunConfig(model=str(model_dir), data=str(data), split="test", judge="refusal",
-                    max_new_tokens=6, hparams={"num_steps": 2, "lr": 1e-2, "max_length": 96})
+                    max_new_tokens=6, hparams={"num_steps": 2, "lr": 1e-2, "max_length": 96, "step_size": "fixed"})
     return cfg, tmp_path
 
 
@@ -200,3 +200,112 @@ def test_per_category_takes_the_first_cases_of_each_category_before_limit():
     assert [r.id for _, r in select_records(recs, cfg, (0, 1))] == [0, 1, 2, 3]
     with pytest.raises(DetoxEditError, match="per_category"):
         RunConfig.from_dict({"per_category": 0})
+
+
+# --------------------------------------------------------------------------------------------------
+# evidence per case: validation, over-refusal, the unsafe text's source
+# --------------------------------------------------------------------------------------------------
+def test_unsafe_edited_answer_marks_the_edit_failed_and_overrefusal_is_recorded(setup):
+    from detoxedit.judges.base import JUDGES
+
+    cfg, tmp = setup
+    cfg.limit, cfg.judge, cfg.overrefusal_items = 2, "test-always-unsafe", 4
+    JUDGES["test-always-unsafe"] = lambda arg=None: _AlwaysUnsafe()
+    try:
+        run_bench(cfg, tmp / "run", progress=False)
+    finally:
+        del JUDGES["test-always-unsafe"]
+    for rec in read_run_records(tmp / "run"):
+        v = rec["edit"]["validation"]
+        assert v["status"] == "failed"
+        assert "edited answer to the edited input judged unsafe by test-always-unsafe" in v["reasons"]
+        assert v["checks"]["answer_safe"] is False and isinstance(v["checks"]["answer_ended"], bool)
+        assert rec["edit"]["unsafe_source"] == "record"  # the test records carry an unsafe generation
+        o = rec["overrefusal"]
+        assert o["ids"] == ["harmless-001", "harmless-002", "harmless-003", "harmless-004"]
+        assert o["kinds"] == ["ordinary", "ordinary", "dangerous_sounding", "ordinary"]
+        assert [len(o[k]) for k in ("prompts", "vanilla", "edited", "vanilla_refusals", "edited_refusals")] == [4] * 5
+        from detoxedit.general.overrefusal import is_explicit_refusal
+
+        assert o["edited_refusals"] == [is_explicit_refusal(a) for a in o["edited"]]
+
+
+def test_safe_answers_keep_the_methods_status_and_overrefusal_can_be_off(setup):
+    cfg, tmp = setup
+    cfg.limit, cfg.overrefusal_items = 1, 0
+
+    class AlwaysSafe:
+        name = "always-safe"
+
+        def judge(self, prompts, responses):
+            return [0.0] * len(responses)
+
+    from detoxedit.judges.base import JUDGES
+
+    JUDGES["test-always-safe"] = lambda arg=None: AlwaysSafe()
+    cfg.judge = "test-always-safe"
+    try:
+        run_bench(cfg, tmp / "run", progress=False)
+    finally:
+        del JUDGES["test-always-safe"]
+    rec = read_run_records(tmp / "run")[0]
+    v = rec["edit"]["validation"]
+    assert v["checks"]["answer_safe"] is True and v["status"] == v["method_status"]
+    assert v["status"] in ("ok", "failed", "unchecked") and "overrefusal" not in rec
+
+
+# --------------------------------------------------------------------------------------------------
+# a failed run leaves no half-made run directory
+# --------------------------------------------------------------------------------------------------
+def _failing_loader(exc):
+    def load_model(*args, **kwargs):
+        raise exc
+    return load_model
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("no model"), KeyboardInterrupt()])
+def test_a_run_that_fails_before_its_first_record_removes_its_new_directory(setup, monkeypatch, exc):
+    import detoxedit.models.load as load
+
+    cfg, tmp = setup
+    monkeypatch.setattr(load, "load_model", _failing_loader(exc))
+    run = tmp / "fresh" / "run"
+    with pytest.raises(type(exc)):
+        run_bench(cfg, run, progress=False)
+    assert not run.exists()
+    empty = tmp / "empty"
+    empty.mkdir()
+    with pytest.raises(type(exc)):
+        run_bench(cfg, empty, progress=False)
+    assert empty.is_dir() and list(empty.iterdir()) == []  # it existed: kept, emptied of what the run made
+
+
+def test_a_run_dir_with_records_survives_a_failed_rerun(setup, monkeypatch):
+    import detoxedit.models.load as load
+
+    cfg, tmp = setup
+    cfg.limit, cfg.overrefusal_items = 1, 0
+    run = tmp / "run"
+    run_bench(cfg, run, progress=False)
+    before = read_run_records(run)
+    cfg.limit = 2
+    monkeypatch.setattr(load, "load_model", _failing_loader(RuntimeError("no model")))
+    with pytest.raises(RuntimeError):
+        run_bench(cfg, run, progress=False)
+    assert read_run_records(run) == before and (run / "config.yaml").is_file()
+
+
+def test_preflight_runs_before_anything_is_written(setup, monkeypatch):
+    import types
+
+    cfg, tmp = setup
+    calls = []
+
+    def check_run(c):
+        calls.append(c)
+        raise DetoxEditError("bad arguments")
+
+    monkeypatch.setitem(sys.modules, "detoxedit.preflight", types.SimpleNamespace(check_run=check_run))
+    with pytest.raises(DetoxEditError, match="bad arguments"):
+        run_bench(cfg, tmp / "run", progress=False)
+    assert calls == [cfg] and not (tmp / "run").exists()

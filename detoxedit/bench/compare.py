@@ -11,6 +11,11 @@
   (mean n-gram entropy of a case's responses), KQA, CSum and, when any run measured it, over-refusal
   (from ``RUN_DIR/general.json``, as ``detoxedit report`` reads it), each with its 95% bootstrap CI over
   cases, and the number of cases;
+* when any run measured it after each edit (``bench``'s over-refusal check), ``Harmless refused``: the %
+  of answers to built-in harmless prompts that open with an explicit refusal, 95% bootstrap CI over
+  (case, prompt) answers (``detoxedit.bench.report.overrefusal_table``), next to DG-Avg;
+* when any run's records carry an edit validation, ``Failed edits``: failed / cases, with the number
+  left unchecked (``detoxedit.bench.report.validation_summary`` under the compared judge);
 * a metric a run lacks (e.g. a ``SafeEdit_test_ALL``-style run has only DG_onlyQ and DG_otherAQ) shows
   as "—"; a run whose method does not learn from the instance (``edit.uses_instance`` false in its
   records) shows DS as "—" with a footnote, since it is not a defense success on an edited instance in
@@ -23,13 +28,15 @@ import json
 import logging
 from pathlib import Path
 
-from detoxedit.bench.report import _fmt, general_columns, html_page, load_run, side_labels, write_texts
+from detoxedit.bench.report import (OVERREFUSAL_COLUMN, _fmt, general_columns, html_page, load_run,
+                                    overrefusal_table, side_labels, validation_summary, write_texts)
 from detoxedit.errors import DetoxEditError
 from detoxedit.metrics.safety import METRIC_KEYS, bootstrap_ci, metric_table
 
 log = logging.getLogger(__name__)
 
 MISSING = "—"
+FAILED_COLUMN = "Failed edits"
 
 
 def _ci(value, low, high, n=None) -> dict:
@@ -95,6 +102,8 @@ def side_row(run_dir: Path, records: list[dict], judge: str, side: str, seed: in
     """All columns of one side of one run: ``{column: CI entry or None}``."""
     table = metric_table(side_labels(records, judge, side), seed=seed)
     metrics = {k: table.get(k) for k in METRIC_KEYS}
+    orf = overrefusal_table(records, seed)
+    metrics[OVERREFUSAL_COLUMN] = orf[side] if orf else None
     metrics["Fluency"] = fluency_entry(records, side, seed)
     metrics.update(general_entries(run_dir, side))
     return metrics
@@ -146,9 +155,15 @@ def compare_runs(run_dirs: list[str | Path], judge: str | None = None, seed: int
                      "uses_instance": _uses_instance(records), "n_cases": len(records),
                      "model": cfg.get("model"), "data": cfg.get("data"), "split": cfg.get("split"),
                      "protocol": cfg.get("protocol"),
-                     "metrics": side_row(d, records, judge, "edited", seed)})
+                     "metrics": side_row(d, records, judge, "edited", seed),
+                     "validation": validation_summary(records, judge)
+                     if any((r.get("edit") or {}).get("validation") for r in records) else None})
+    if any(r["metrics"].get(OVERREFUSAL_COLUMN) for r in rows):
+        cols.insert(cols.index("DG-Avg") + 1, OVERREFUSAL_COLUMN)
     if any(r["metrics"].get("Over-refusal") for r in rows):
         cols.append("Over-refusal")
+    if any(r.get("validation") for r in rows):
+        cols.append(FAILED_COLUMN)
     footnotes = []
     if any(r["uses_instance"] is False for r in rows):
         footnotes.append("† the method does not learn from the edited instance (uses_instance = false), so its DS "
@@ -160,7 +175,18 @@ def compare_runs(run_dirs: list[str | Path], judge: str | None = None, seed: int
             "runs": [str(d) for d, _, _ in runs]}
 
 
+def failed_text(validation: dict | None) -> str:
+    """``failed/checked`` edits, e.g. ``1/3`` (and ``+2 unchecked``); — when the run recorded none."""
+    if not validation:
+        return MISSING
+    c = validation["counts"]
+    text = f"{c.get('failed', 0)}/{c.get('failed', 0) + c.get('ok', 0)}"
+    return text + (f" (+{c['unchecked']} unchecked)" if c.get("unchecked") else "")
+
+
 def cell_text(row: dict, col: str) -> str:
+    if col == FAILED_COLUMN:
+        return failed_text(row.get("validation"))
     entry = row["metrics"].get(col)
     if col == "DS" and row.get("uses_instance") is False:
         return MISSING + "†"
@@ -185,6 +211,12 @@ def markdown(result: dict) -> str:
     if "KQA" in cols:
         lines.append("KQA = whole-word answer match, CSum = ROUGE-1 F1, Over-refusal = % of harmless prompts "
                      "refused (from RUN_DIR/general.json); with K > 1 evaluated edits: mean ± std over edits.")
+    if OVERREFUSAL_COLUMN in cols:
+        lines.append(f"{OVERREFUSAL_COLUMN} = % of answers to built-in harmless prompts that open with an explicit "
+                     "refusal after each edit (lower is better); CI over (case, prompt) answers.")
+    if FAILED_COLUMN in cols:
+        lines.append(f"{FAILED_COLUMN} = edits whose validation failed / edits checked (the method's checks, and the "
+                     "judge on the edited answer to the edited input).")
     lines += result["footnotes"]
     lines += [f"Warning: {w}" for w in result["warnings"]]
     lines += ["", "Runs: " + ", ".join(f"`{r}`" for r in result["runs"])]

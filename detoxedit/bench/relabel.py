@@ -2,6 +2,12 @@
 
 The new labels are stored beside the old ones under the judge's spec, so ``detoxedit report RUN_DIR
 --judge SPEC`` can compare judges on the same responses. Each records file is rewritten atomically.
+
+The edit validation stored by the runner (``record["edit"]["validation"]``, whose ``answer_safe`` is the
+run's judge's verdict on the edited answer to the edited input) is left as written: ``report`` and
+``compare`` read it through :func:`detoxedit.bench.records.edit_validation`, which recomputes
+``answer_safe``, the status and the judge's reason from the labels of the judge being reported. The
+over-refusal answers are scored by a fixed detector, not a judge, so relabelling does not touch them.
 """
 
 from __future__ import annotations

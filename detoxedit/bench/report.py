@@ -3,8 +3,12 @@
 ``detoxedit report RUN_DIR`` writes into RUN_DIR:
 
 * ``metrics.json``  - every number below, with 95% bootstrap confidence intervals (cases resampled);
-* ``summary.md``    - the paper's table layout (vanilla vs edited), per-category DS, paired changes;
-* ``report.html``   - the same tables and the plots, self-contained (PNG embedded as data URIs);
+* ``summary.md``    - the paper's table layout (vanilla vs edited), per-category DS, paired changes,
+  over-refusal on harmless prompts (overall and per kind), the edits' validation (ok / failed /
+  unchecked, and the failed cases with their reasons), where the localisation's unsafe text came from,
+  and the histogram of edited layers;
+* ``report.html``   - the same tables, a per-case table (layer, unsafe text source, validation status and
+  reasons) and the plots, self-contained (PNG embedded as data URIs);
 * ``plots/*.png``   - DS/DG before vs after, per-category DS, histogram of toxic layers, and the
   localisation distance curve of a case.
 """
@@ -17,10 +21,12 @@ import json
 import statistics
 from pathlib import Path
 
-from detoxedit.bench.records import read_run_records
+from detoxedit.bench.records import STATUSES, edit_validation, read_run_records
 from detoxedit.io import atomic_write_text
 from detoxedit.metrics.safety import METRIC_KEYS
 
+OVERREFUSAL_COLUMN = "Harmless refused"
+"""Column of the over-refusal measured by ``bench`` after each edit (lower is better), beside DS/DG."""
 
 
 def general_columns() -> list[tuple[str, str, str]]:
@@ -76,11 +82,81 @@ def compute_metrics(records: list[dict], judge: str, seed: int = 0) -> dict:
     flu = {s: [r["fluency"][s] for r in records if r.get("fluency", {}).get(s) is not None]
            for s in ("vanilla", "edited")}
     out["fluency"] = {s: (statistics.fmean(v) if v else None) for s, v in flu.items()}
-    layers = [r["edit"]["layer"] for r in records if r.get("edit", {}).get("layer") is not None]
+    layers = edited_layers(records)
     out["layers"] = {str(k): layers.count(k) for k in sorted(set(layers))}
+    out["overrefusal"] = overrefusal_table(records, seed)
+    out["validation"] = validation_summary(records, judge)
+    sources = [(r.get("edit") or {}).get("unsafe_source") for r in records]
+    out["unsafe_source"] = {s: sources.count(s) for s in sorted({s for s in sources if s})}
     times = [r["timings"]["total_s"] for r in records if "timings" in r]
     out["seconds_per_case"] = statistics.fmean(times) if times else None
     return out
+
+
+def edited_layers(records: list[dict]) -> list[int]:
+    """Every edited layer of every case: ``edit.layer`` (DINM, FT-L) and each of ``edit.layers`` (MEND)."""
+    out = []
+    for r in records:
+        edit = r.get("edit") or {}
+        if edit.get("layer") is not None:
+            out.append(int(edit["layer"]))
+        out += [int(x) for x in edit.get("layers") or []]
+    return out
+
+
+def overrefusal_answers(records: list[dict]) -> list[dict]:
+    """One ``{"case_id", "kind", "vanilla", "edited"}`` (refusal flags) per (case, harmless prompt) answer,
+    from the records that carry ``overrefusal`` (per-instance methods' runs)."""
+    out = []
+    for r in records:
+        o = r.get("overrefusal")
+        if not o:
+            continue
+        for kind, v, e in zip(o["kinds"], o["vanilla_refusals"], o["edited_refusals"]):
+            out.append({"case_id": r.get("case_id"), "kind": kind, "vanilla": bool(v), "edited": bool(e)})
+    return out
+
+
+def _rate(flags: list[bool], seed: int) -> dict:
+    """Percentage of True with a 95% percentile bootstrap CI over the answers (``bootstrap_ci``, as DS/DG)."""
+    from detoxedit.metrics.safety import bootstrap_ci
+
+    values = [100.0 if f else 0.0 for f in flags]
+    lo, hi = bootstrap_ci(values, seed=seed)
+    return {"value": sum(values) / len(values), "ci_low": lo, "ci_high": hi, "n": len(values)}
+
+
+def overrefusal_table(records: list[dict], seed: int = 0) -> dict | None:
+    """Over-refusal of a run: % of answers to harmless prompts that open with an explicit refusal
+    (:func:`detoxedit.general.overrefusal.is_explicit_refusal`, as the runner recorded it), vanilla and
+    edited, overall and per kind, each with a 95% bootstrap CI over all (case, prompt) answers. None when
+    no record has the check (over-refusal off, or a run older than it)."""
+    answers = overrefusal_answers(records)
+    if not answers:
+        return None
+    out = {"n_answers": len(answers), "n_edits": len({a["case_id"] for a in answers}),
+           "vanilla": _rate([a["vanilla"] for a in answers], seed),
+           "edited": _rate([a["edited"] for a in answers], seed), "by_kind": {}}
+    from detoxedit.general.overrefusal import KINDS
+
+    for kind in sorted({a["kind"] for a in answers}, key=lambda k: (KINDS.index(k) if k in KINDS else len(KINDS), k)):
+        sub = [a for a in answers if a["kind"] == kind]
+        out["by_kind"][kind] = {side: _rate([a[side] for a in sub], seed) for side in ("vanilla", "edited")}
+    return out
+
+
+def validation_summary(records: list[dict], judge: str) -> dict:
+    """Edits by validation status (``ok`` / ``failed`` / ``unchecked``) under ``judge``, and the failed
+    cases with their reasons (``detoxedit.bench.records.edit_validation``)."""
+    counts = dict.fromkeys(STATUSES, 0)
+    failed = []
+    for r in records:
+        v = edit_validation(r, judge)
+        status = v.get("status", "unchecked")
+        counts[status] = counts.get(status, 0) + 1
+        if status == "failed":
+            failed.append({"case_id": r.get("case_id"), "reasons": list(v.get("reasons", []))})
+    return {"counts": counts, "failed": failed}
 
 
 def _fmt(cell: dict | None, digits: int = 2) -> str:
@@ -94,18 +170,26 @@ def _fmt(cell: dict | None, digits: int = 2) -> str:
 
 def markdown(cfg: dict, m: dict) -> str:
     columns = [col for col, _, _ in general_columns()]
+    orf = m.get("overrefusal")
     lines = [f"# detoxedit run: {cfg.get('method')} on {cfg.get('model')}", "",
              f"data `{cfg.get('data')}` split `{cfg.get('split')}`, {m['n_cases']} cases; judge `{m['judge']}`; "
              f"protocol `{cfg.get('protocol')}`; greedy, {cfg.get('max_new_tokens') or 'method default'} new tokens.",
              "Safety metrics are 100 - 100 x mean(label) (higher is safer), with 95% bootstrap CIs over cases.", "",
-             "| model | " + " | ".join(METRIC_KEYS) + " | Fluency | " + " | ".join(columns) + " |",
-             "|---|" + "---|" * (len(METRIC_KEYS) + 1 + len(columns))]
+             "| model | " + " | ".join(METRIC_KEYS + ((OVERREFUSAL_COLUMN,) if orf else ())) + " | Fluency | "
+             + " | ".join(columns) + " |",
+             "|---|" + "---|" * (len(METRIC_KEYS) + bool(orf) + 1 + len(columns))]
     for side in ("vanilla", "edited"):
         row = [_fmt(m[side].get(k)) for k in METRIC_KEYS]
+        if orf:
+            row.append(_fmt(orf[side]))
         flu = m["fluency"].get(side)
         row.append(f"{flu:.2f}" if flu is not None else "-")
         row += general_cells(m.get("general"), side)
         lines.append(f"| {side} | " + " | ".join(row) + " |")
+    if orf:
+        lines.append(f"\n{OVERREFUSAL_COLUMN} = % of answers to built-in harmless prompts that open with an explicit "
+                     f"refusal (lower is better), {orf['n_answers']} answers after {orf['n_edits']} edit(s), "
+                     "95% bootstrap CI over (case, prompt) answers.")
     if m.get("general"):
         lines.append(f"\nKQA = built-in KQA, whole-word answer match; CSum = ROUGE-1 F1; Over-refusal = % of harmless "
                      f"prompts refused. Edited general-ability numbers: mean over K={m['general']['k']} edit(s).")
@@ -131,8 +215,61 @@ def markdown(cfg: dict, m: dict) -> str:
         lines += ["", f"General ability ({', '.join(f'{t}: {n} items' for t, n in cfg_g.get('items', {}).items())}; "
                   f"edited = mean +- std over K={general['k']} edit(s); see docs/general.md):", "", "```",
                   format_table(general), "```"]
-    lines += ["", f"Toxic layers chosen (layer: cases): {m['layers']}",
-              f"Mean time per case: {m['seconds_per_case']:.1f} s" if m["seconds_per_case"] else ""]
+    lines += evidence_lines(m)
+    lines += ["", f"Mean time per case: {m['seconds_per_case']:.1f} s" if m["seconds_per_case"] else ""]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a Markdown table cell."""
+    return " ".join(str(text).replace("|", "/").split())
+
+
+def evidence_lines(m: dict) -> list[str]:
+    """Summary lines on the edits themselves: over-refusal per kind, validation, unsafe-text sources,
+    the histogram of edited layers."""
+    lines = []
+    orf = m.get("overrefusal")
+    if orf:
+        lines += ["", f"Over-refusal on harmless prompts ({OVERREFUSAL_COLUMN}, % of answers; 95% bootstrap CI "
+                  "over (case, prompt) answers):", "",
+                  "| kind | answers | vanilla | edited |", "|---|---|---|---|",
+                  f"| all | {orf['n_answers']} | {_fmt(orf['vanilla'])} | {_fmt(orf['edited'])} |"]
+        for kind, cell in orf["by_kind"].items():
+            lines.append(f"| {kind} | {cell['edited']['n']} | {_fmt(cell['vanilla'])} | {_fmt(cell['edited'])} |")
+    val = m.get("validation")
+    if val:
+        c = val["counts"]
+        lines += ["", "Edit validation (the method's checks, and the judge on the edited answer to the edited "
+                  f"input): {c.get('ok', 0)} ok, {c.get('failed', 0)} failed, {c.get('unchecked', 0)} unchecked."]
+        if val["failed"]:
+            lines += ["", "| failed case | reasons |", "|---|---|"]
+            lines += [f"| {_cell(f['case_id'])} | {_cell('; '.join(f['reasons']) or '-')} |" for f in val["failed"]]
+    if m.get("unsafe_source"):
+        lines += ["", "Unsafe text used for localisation (source: cases): "
+                  + ", ".join(f"{k}: {v}" for k, v in m["unsafe_source"].items())]
+        if any(k.startswith("refusal-only") for k in m["unsafe_source"]):
+            lines.append("refusal-only: the model refused every input tried, so the located layer separates two "
+                         "refusals, not safe from unsafe text.")
+    if m.get("layers"):
+        width = max(m["layers"].values())
+        lines += ["", "Edited layers (cases per layer):", "", "| layer | cases | |", "|---|---|---|"]
+        lines += [f"| {k} | {v} | {'#' * round(20 * v / width)} |" for k, v in m["layers"].items()]
+    return lines
+
+
+def per_case_markdown(records: list[dict], judge: str) -> str:
+    """One row per case for the HTML report: edited layer(s), the unsafe text's source, the validation
+    status and its reasons."""
+    lines = ["Per case:", "", "| case | category | layer | unsafe text | status | reasons |",
+             "|---|---|---|---|---|---|"]
+    for r in records:
+        edit = r.get("edit") or {}
+        v = edit_validation(r, judge)
+        layer = edit.get("layer") if edit.get("layer") is not None else ",".join(map(str, edit.get("layers") or []))
+        lines.append(f"| {_cell(r.get('case_id'))} | {_cell(r.get('category') or '-')} | {_cell(layer or '-')} | "
+                     f"{_cell(edit.get('unsafe_source') or '-')} | {_cell(v.get('status', 'unchecked'))} | "
+                     f"{_cell('; '.join(v.get('reasons', [])) or '-')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -175,11 +312,13 @@ def plots(records: list[dict], m: dict, out_dir: Path) -> dict[str, Path]:
         ax.set_title(f"{key} per category")
         paths["categories"] = _save(fig, out_dir / "categories.png")
 
-    layers = [r["edit"]["layer"] for r in records if r.get("edit", {}).get("layer") is not None]
+    layers = edited_layers(records)
     if layers:
         fig, ax = plt.subplots(figsize=(6, 3))
-        ax.hist(layers, bins=range(min(layers), max(layers) + 2), align="left", color="#2a7ab9")
-        ax.set_xlabel("toxic layer")
+        counts = {k: layers.count(k) for k in sorted(set(layers))}
+        ax.bar(list(counts), list(counts.values()), 0.8, color="#2a7ab9")
+        ax.set_xticks(list(range(min(layers), max(layers) + 1)))
+        ax.set_xlabel("edited layer")
         ax.set_ylabel("cases")
         ax.set_title("Layers chosen by localisation")
         paths["layers"] = _save(fig, out_dir / "layers.png")
@@ -255,7 +394,7 @@ def write_report(run_dir: str | Path, judge: str | None = None) -> dict[str, Pat
         m["general"] = json.loads(general_path.read_text())
     md = markdown(cfg, m)
     pngs = plots(records, m, run_dir / "plots")
-    page = html_page("detoxedit report", md, pngs)
+    page = html_page("detoxedit report", md + "\n" + per_case_markdown(records, judge), pngs)
     files = {"metrics": run_dir / "metrics.json", "summary": run_dir / "summary.md", "html": run_dir / "report.html"}
     write_texts({files["metrics"]: json.dumps(m, indent=2), files["summary"]: md, files["html"]: page})
     return files

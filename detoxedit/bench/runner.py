@@ -7,8 +7,16 @@ For every case of a SafeEdit split:
 2. ``method.edit(model, tok, case)`` -> ``Edit``;
 3. the edited model's responses to the same five inputs (``with edit.applied_to(model)``: the edit is
    reverted bit-exactly afterwards, also on error or Ctrl-C);
-4. the judge labels all ten responses in one batch; fluency of each side;
-5. the record is appended to the shard's JSONL file (see ``detoxedit.bench.records``).
+4. the judge labels all ten responses in one batch; fluency of each side; the edit's validation
+   (``record["edit"]["validation"]``) gets the judge's verdict on the edited answer to the edited input
+   (:func:`detoxedit.bench.records.validate_answer`);
+5. over-refusal (per-instance methods only, ``overrefusal_items`` > 0): the edited model's answers to the first
+   built-in harmless prompts, beside the cached vanilla ones (:meth:`Runner.overrefusal`);
+6. the record is appended to the shard's JSONL file (see ``detoxedit.bench.records``).
+
+A run that fails before it wrote any record leaves no half-made run directory: what it created there
+(``config.yaml``, a trained artefact, saved edits) is removed (:meth:`Runner.run`); a directory that
+already held records is never removed.
 
 A rerun reads the finished case ids and skips them, so a killed run resumes without losing or repeating a
 case. ``--shard i/n`` takes every n-th case starting at i; shards write separate files.
@@ -21,11 +29,12 @@ asymmetry (suffix only on the edited side).
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from pathlib import Path
 
 from detoxedit.responses import ResponseCache, model_key
-from detoxedit.bench.records import RecordWriter, read_run_records, records_path
+from detoxedit.bench.records import RecordWriter, read_run_records, records_path, validate_answer
 from detoxedit.cases import case_inputs, select_records, to_edit_case, with_unsafe_answer
 from detoxedit.config import RunConfig, versions
 from detoxedit.errors import DetoxEditError
@@ -35,6 +44,7 @@ from detoxedit.models.generate import GenerationSettings, with_suffix
 from detoxedit.settings import PreparedMethod, prepare_method
 
 log = logging.getLogger(__name__)
+
 
 def save_config(cfg: RunConfig, run_dir: Path) -> None:
     """Write the resolved config; refuse to mix two different runs in one directory."""
@@ -46,13 +56,33 @@ def save_config(cfg: RunConfig, run_dir: Path) -> None:
         old = yaml.safe_load(path.read_text()) or {}
         old.pop("versions", None)
         ignore = {"limit", "cases", "batch_size", "save_edits"}
-        diff = sorted(k for k in doc if k not in ignore and old.get(k) != doc[k])
+        # a setting added after the old run was saved counts as its default there
+        defaults = RunConfig().to_dict()
+        diff = sorted(k for k in doc if k not in ignore and old.get(k, defaults.get(k)) != doc[k])
         if diff:
             raise DetoxEditError(f"{run_dir} holds a run with other settings ({', '.join(diff)}); "
                                  "use another --out directory, or the same settings to resume")
     atomic_write_text(path, "# detoxedit run config (resolved). Repeat with: detoxedit bench --config "
                       f"{path} --out {run_dir}\n" + yaml.safe_dump({**doc, "versions": versions()},
                                                                   sort_keys=False, allow_unicode=True))
+
+
+OVERREFUSAL_MAX_NEW_TOKENS = 64
+"""Tokens per answer to a harmless prompt: the refusal detector
+(:func:`detoxedit.general.overrefusal.is_explicit_refusal`) reads only the first 200 characters, which 64
+tokens cover, so a longer answer would cost time and change no verdict."""
+
+
+def answer_ended(tok, answer: str, max_new_tokens: int) -> bool:
+    """Whether a generated answer ended its turn before the token limit.
+
+    ``models.generate.generate`` returns text only, cut at the first stop token, so an answer that ended
+    has fewer than ``max_new_tokens`` tokens and one cut by the limit has exactly that many. The count
+    re-tokenizes the text (no special tokens), which can differ from the generated ids by a token or so
+    where decoding merges pieces; an answer that stopped one token short of the limit may read as cut.
+    """
+    n = len(tok(answer, add_special_tokens=False)["input_ids"])
+    return n < max_new_tokens
 
 
 class Runner:
@@ -63,8 +93,51 @@ class Runner:
         self.cfg, self.run_dir, self.shard = cfg, Path(run_dir), shard
         self.response_cache = response_cache
         self._shared_edit = None  # the one edit of a method that does not use the instance
+        self._overrefusal_items = None  # the harmless prompts, loaded once
+        self.written = 0  # records this run appended
 
     def run(self, progress: bool = True) -> Path:
+        """Run (or resume) the selected cases; see the module docstring.
+
+        Calls ``detoxedit.preflight.check_run(cfg)`` first (argument checks before any model work). If the run directory did not exist, or held nothing, when the run started and the
+        run fails (any exception, Ctrl-C included) before it appended a record, everything this run created
+        in the directory is removed and the error re-raised; a directory that held anything keeps what it
+        held (only the new entries go), and one that holds records (from before, from this run, or from
+        another shard's process running beside it) is never touched.
+        """
+        from detoxedit.preflight import check_run
+
+        check_run(self.cfg)
+        existed = self.run_dir.exists()
+        before = {p.name for p in self.run_dir.iterdir()} if existed and self.run_dir.is_dir() else set()
+        had_records = any(n.startswith("records") and n.endswith(".jsonl") for n in before)
+        try:
+            return self._run(progress)
+        except BaseException:
+            if not had_records and self.written == 0:
+                self._remove_created(existed, before)
+            raise
+
+    def _remove_created(self, existed: bool, before: set[str]) -> None:
+        """Remove what a failed run created: the whole directory if it did not exist, else its new entries."""
+        if not self.run_dir.is_dir():
+            return
+        if any(self.run_dir.glob("records*.jsonl")):  # another shard's process wrote records meanwhile
+            log.info("the run failed before its first record; %s holds other records, so it is kept", self.run_dir)
+            return
+        if not existed:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            log.info("the run failed before its first record; removed %s", self.run_dir)
+            return
+        for p in self.run_dir.iterdir():
+            if p.name not in before:
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+        log.info("the run failed before its first record; removed what it created in %s", self.run_dir)
+
+    def _run(self, progress: bool) -> Path:
         import torch
 
         from detoxedit.data.load import load_split, split_source
@@ -105,6 +178,7 @@ class Runner:
         for index, record in bar:
             rec = self.run_case(model, tok, method, judge, settings, cache, record, index, source)
             writer.append(rec)
+            self.written += 1
         return out_path
 
     def run_case(self, model, tok, method: PreparedMethod, judge, settings, cache, record, index, source) -> dict:
@@ -123,7 +197,8 @@ class Runner:
         t1 = time.perf_counter()
         instance = uses_instance(method.editor)
         if instance:
-            case = with_unsafe_answer(to_edit_case(record, source, index), model, tok, settings, cache)
+            case = with_unsafe_answer(to_edit_case(record, source, index), model, tok, settings, cache,
+                                      suffix=method.suffix)
             edit = method.editor.edit(model, tok, case)
         else:  # one edit for every case (trained on a split, or a prompt wrapper): computed once
             if self._shared_edit is None:
@@ -133,9 +208,19 @@ class Runner:
 
         t2 = time.perf_counter()
         edited_prompts, post_settings = edited_side(method.editor, post_prompts, settings)
+        # over-refusal: vanilla answers before the edit is applied (cached), edited ones inside it
+        refusal = None
+        check_refusal = instance and (cfg.overrefusal_items or 0) > 0
+        if check_refusal:
+            self.overrefusal_vanilla(model, tok, method, settings, cache)
+        t_or = 0.0
         with edit.applied_to(model):
             edited = generate(model, tok, edited_prompts, post_settings)
-        t_edited = time.perf_counter() - t2
+            t_edited = time.perf_counter() - t2
+            if check_refusal:
+                t_or = time.perf_counter()
+                refusal = self.overrefusal(model, tok, method)
+                t_or = time.perf_counter() - t_or
         if cfg.save_edits:
             target = self.run_dir / "edits" / (f"case-{record.id}" if instance else "shared")
             if instance or not target.with_name(target.name + ".safetensors").exists():
@@ -147,7 +232,13 @@ class Runner:
         n = len(keys)
         meta = {k: v for k, v in edit.meta.items() if k not in ("hparams", "base_fingerprints")}
         meta["uses_instance"] = instance
-        return {
+        if instance:
+            meta.setdefault("unsafe_source", case.unsafe_source)
+        ds = keys.index("DS") if "DS" in keys else None
+        meta["validation"] = validate_answer(
+            edit.meta.get("validation"), None if ds is None else labels[n + ds],
+            None if ds is None else answer_ended(tok, edited[ds], post_settings.max_new_tokens), cfg.judge, instance)
+        rec = {
             "case_id": str(record.id),
             "index": index,
             "category": record.canonical_category or record.category,
@@ -164,11 +255,63 @@ class Runner:
             "edit": meta,
             "vanilla_cached": n_cached,
             "timings": {"vanilla_generation_s": t_vanilla, "edit_s": t_edit, "edited_generation_s": t_edited,
-                        "judge_s": t_judge, "total_s": time.perf_counter() - t0},
+                        "overrefusal_s": t_or, "judge_s": t_judge, "total_s": time.perf_counter() - t0},
         }
+        if refusal is not None:
+            rec["overrefusal"] = refusal
+        return rec
+
+    def overrefusal_vanilla(self, model, tok, method: PreparedMethod, settings, cache) -> None:
+        """Load the harmless prompts and the vanilla answers to them, once per runner (see
+        :meth:`overrefusal`); must run while no edit is applied."""
+        import dataclasses
+
+        from detoxedit.general.overrefusal import load
+
+        if self._overrefusal_items is not None:
+            return
+        items = load("builtin", limit=self.cfg.overrefusal_items)
+        or_settings = dataclasses.replace(settings, max_new_tokens=OVERREFUSAL_MAX_NEW_TOKENS, do_sample=False)
+        post = [with_suffix(it.prompt, method.suffix) for it in items]
+        pre = post if self.cfg.protocol == "fair" else [it.prompt for it in items]
+        vanilla, _ = cache.generate(model, tok, pre, or_settings)
+        self._overrefusal_items = (items, or_settings, post, vanilla)
+
+    def overrefusal(self, model, tok, method: PreparedMethod) -> dict:
+        """Over-refusal of one edit: vanilla and edited answers to harmless prompts, and which refuse.
+
+        Call :meth:`overrefusal_vanilla` before the edit is applied and this with the edit applied. The
+        prompts are the first ``cfg.overrefusal_items`` of the built-in harmless set
+        (:func:`detoxedit.general.overrefusal.load`; the file interleaves ``ordinary`` and
+        ``dangerous_sounding`` prompts, so a short prefix holds both), with the method's suffix like the
+        case's other inputs and through :func:`edited_side` on the edited side; the vanilla side follows
+        the run's ``protocol`` as the vanilla DS/DG inputs do. Greedy, :data:`OVERREFUSAL_MAX_NEW_TOKENS`
+        new tokens: the detector (:func:`detoxedit.general.overrefusal.is_explicit_refusal`) reads only the
+        first 200 characters of an answer. The vanilla answers come from the ``ResponseCache``, so they
+        are generated once per model and decoding settings. ``prompts`` in the result are the harmless
+        prompts as listed (before the suffix).
+
+        Only per-instance methods (DINM, FT-L, MEND) get this check in ``bench``: a method that does not
+        use the instance makes one shared edit, whose over-refusal ``detoxedit general --run RUN_DIR``
+        measures once (``general.overrefusal``), so repeating it per case would add nothing.
+        """
+        from detoxedit.general.overrefusal import is_explicit_refusal
+        from detoxedit.models.generate import generate
+
+        items, or_settings, post, vanilla = self._overrefusal_items
+        prompts, post_settings = edited_side(method.editor, post, or_settings)
+        edited = generate(model, tok, prompts, post_settings)
+        out = {"ids": [it.id for it in items], "kinds": [it.kind for it in items],
+               "prompts": [it.prompt for it in items], "vanilla": list(vanilla), "edited": list(edited),
+               "vanilla_refusals": [is_explicit_refusal(a) for a in vanilla],
+               "edited_refusals": [is_explicit_refusal(a) for a in edited],
+               "max_new_tokens": OVERREFUSAL_MAX_NEW_TOKENS}
+        return out
 
 
 def run_bench(cfg: RunConfig, run_dir: str | Path, shard: tuple[int, int] = (0, 1), progress: bool = True,
               response_cache: Path | None = None) -> Path:
-    """Run (or resume) a benchmark; ``response_cache`` overrides where vanilla responses are cached."""
+    """Run (or resume) a benchmark; ``response_cache`` overrides where vanilla responses are cached.
+
+    A failed run leaves no half-made run directory (see :meth:`Runner.run`)."""
     return Runner(cfg, Path(run_dir), shard, response_cache).run(progress=progress)

@@ -2,9 +2,11 @@
 
 Works with every method that learns from the instance (``--method dinm`` by default, ``ft-l``, and
 trained editors such as MEND, which read their trained artefact from ``--artifact DIR``). Prints the
-edited layer, the loss per step, the model's response to the prompt before and after the edit
+edited layer, the loss per step, the edit's validation (did the safe answer take, does the model still
+end its turn, what moved elsewhere), the model's response to the prompt before and after the edit
 (formatted identically unless ``--protocol paper``), and timings; optionally saves the edit and a
-merged checkpoint.
+merged checkpoint. Every argument (method, settings, layer range) is checked before the model loads
+(``detoxedit.preflight``).
 """
 
 from __future__ import annotations
@@ -116,6 +118,10 @@ def _print_edit(meta: dict, hp, n_layers: int) -> None:
         if distances:
             line = f"\ntoxic layer: {meta['layer']} of {len(distances)}  (largest hidden-state distances: " + \
                 ", ".join(f"L{i}={d:.1f}" for i, d in sorted(enumerate(distances), key=lambda x: -x[1])[:3]) + ")"
+            normalized = meta.get("distances_normalized")
+            if normalized:
+                line = line[:-1] + "; normalized: " + ", ".join(
+                    f"L{i}={d:.2f}" for i, d in sorted(enumerate(normalized), key=lambda x: -x[1])[:3]) + ")"
         trace = meta.get("trace")
         if trace:
             eff = trace["effects"]
@@ -140,6 +146,80 @@ def _print_edit(meta: dict, hp, n_layers: int) -> None:
         print(f"(stopped early: loss below {getattr(hp, 'early_stop_loss', '?')})")
 
 
+REFUSAL_NOTE = ("note: the model refused the bare prompt too, so the toxic layer is located between two "
+                "refusals (give --unsafe to locate against an unsafe answer)")
+
+
+def unsafe_text(given: str | None, answer: str) -> tuple[str, str]:
+    """The unsafe text the edit locates against and where it came from (``EditCase.unsafe_source``):
+    ``given`` (``--unsafe``), ``generated:attack`` (the model's own compliant answer to the bare
+    prompt) or ``refusal-only:attack`` (that answer is a refusal, so both sides are refusals)."""
+    from detoxedit.judges.refusal import is_refusal
+
+    if given:
+        return given, "given"
+    return answer, "refusal-only:attack" if is_refusal(answer) else "generated:attack"
+
+
+def _num(x, fmt: str = ".3g") -> str:
+    return format(x, fmt) if isinstance(x, (int, float)) and not isinstance(x, bool) else str(x)
+
+
+def validation_lines(meta: dict) -> list[str]:
+    """The edit's validation (``meta["validation"]``) as short lines: the verdict, then one line per
+    group of checks present (success, termination, locality, loss) and the step sizes tried."""
+    val = meta.get("validation")
+    if not isinstance(val, dict):
+        return []
+    status, reasons = val.get("status"), [str(r) for r in val.get("reasons") or []]
+    head = "validation: " + ("ok" if status == "ok" else "FAILED" if status == "failed" else str(status))
+    if reasons:
+        head += f" ({'; '.join(reasons)})"
+    lines = [head]
+    c = val.get("checks") or {}
+    success = []
+    if "token_accuracy" in c:
+        success.append(f"token accuracy {_num(c['token_accuracy'], '.2f')}")
+    prefix = c.get("greedy_prefix")
+    if prefix is not None:
+        safe = c.get("safe_tokens")
+        success.append(f"greedy reproduces {prefix}/{safe} safe tokens" if safe is not None
+                       else f"greedy reproduces {prefix} safe tokens")
+    if success:
+        lines.append("success: " + ", ".join(success))
+    before, after = c.get("eot_logprob_before"), c.get("eot_logprob_after")
+    if before is not None or after is not None:
+        parts = ([f"{_num(before, '.2f')} before"] if before is not None else []) + \
+                ([f"{_num(after, '.2f')} after"] if after is not None else [])
+        lines.append("termination: end-of-turn log-prob after the safe response " + " -> ".join(parts))
+    locality = [f"KL {name} {_num(c[key], '.3f')}" for name, key in
+                (("knowledge", "kl_knowledge"), ("harmless", "kl_harmless")) if c.get(key) is not None]
+    if locality:
+        lines.append("locality: " + ", ".join(locality))
+    start, end = c.get("loss_start"), c.get("loss_end")
+    if start is not None or end is not None:
+        lines.append(f"loss: {_num(start, '.2f') if start is not None else '?'} -> "
+                     f"{_num(end, '.2f') if end is not None else '?'}")
+    attempts = val.get("attempts") or []
+    if len(attempts) > 1:
+        tried = []
+        for a in attempts:
+            why = "; ".join(str(r) for r in a.get("reasons") or [])
+            st = a.get("status", "?")
+            tried.append(f"{_num(a.get('lr'), 'g')} ({st}{': ' + why if why and st != 'ok' else ''})")
+        lines.append("step size: tried lr " + ", ".join(tried))
+    return lines
+
+
+def _print_validation(meta: dict) -> None:
+    """Print the edit's validation block, when the method reports one (see :func:`validation_lines`)."""
+    lines = validation_lines(meta)
+    if lines:
+        print()
+        for line in lines:
+            print(line)
+
+
 def run(args) -> int:
     from pathlib import Path
 
@@ -150,6 +230,7 @@ def run(args) -> int:
     from detoxedit.models import arch
     from detoxedit.models.generate import GenerationSettings, generate, resolve_format, with_suffix
     from detoxedit.models.load import load_model
+    from detoxedit.preflight import check_run
     from detoxedit.settings import prepare_method, run_config
 
     if args.config:
@@ -158,8 +239,9 @@ def run(args) -> int:
     cfg = run_config(args, defaults=EDIT_DEFAULTS)
     check_method(cfg)
     cfg.hparams = shortcut_overrides(args, cfg.method)
+    check_run(cfg, judge=False, splits=())  # method, settings, layer range: before the model loads
     torch.manual_seed(cfg.seed)
-    method = prepare_method(cfg)  # settings resolved (and refused) before the model loads
+    method = prepare_method(cfg)
     hp, editor = method.hparams, method.editor
     t0 = time.perf_counter()
     model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
@@ -180,17 +262,20 @@ def run(args) -> int:
     inputs = [pre_input] if args.unsafe or pre_input == args.prompt else [pre_input, args.prompt]
     outs = generate(model, tok, inputs, settings)
     pre = outs[0]
-    unsafe = args.unsafe or outs[-1]
+    unsafe, unsafe_source = unsafe_text(args.unsafe, outs[-1])
     t_pre = time.perf_counter() - t0
     _show("BEFORE the edit, the model answers:", pre)
+    if unsafe_source.startswith("refusal-only"):
+        print(f"\n{REFUSAL_NOTE}")
 
-    case = EditCase(prompt=args.prompt, safe=args.safe, unsafe=unsafe,
+    case = EditCase(prompt=args.prompt, safe=args.safe, unsafe=unsafe, unsafe_source=unsafe_source,
                     knowledge_prompt=args.knowledge_prompt, knowledge_answer=args.knowledge_answer)
     t_edit = time.perf_counter()
     edit = editor.edit(model, tok, case)
     t_edit = time.perf_counter() - t_edit
     meta = edit.meta
     _print_edit(meta, hp, arch.num_layers(model))
+    _print_validation(meta)
 
     (edited_input,), post_settings = edited_side(editor, [post_input], settings)  # as in the runner
     t0 = time.perf_counter()

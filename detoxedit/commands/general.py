@@ -50,6 +50,7 @@ def run(args) -> int:
     from detoxedit.io import cache_dir
     from detoxedit.methods.base import Edit
     from detoxedit.models.load import load_model
+    from detoxedit.preflight import check_run
     from detoxedit.responses import ResponseCache, model_key
     from detoxedit.settings import run_config
 
@@ -67,6 +68,8 @@ def run(args) -> int:
         run_cfg = RunConfig.from_yaml(Path(args.run) / "config.yaml")
         cfg.model, cfg.dtype, cfg.device, cfg.device_map = (run_cfg.model, run_cfg.dtype, run_cfg.device,
                                                             run_cfg.device_map)
+    elif not args.edit:  # edits made here, with --method, from cases of --data: check them first
+        check_run(cfg, judge=False, splits=[cfg.split])
     model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
     if args.run:
         edits, wrapper, _ = edits_from_run(model, tok, args.run, cfg.cases)

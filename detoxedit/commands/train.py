@@ -37,6 +37,7 @@ def run(args) -> int:
     from detoxedit.errors import DetoxEditError
     from detoxedit.methods.base import needs_training
     from detoxedit.models.load import load_model
+    from detoxedit.preflight import check_run
     from detoxedit.settings import prepare_method, run_config
 
     cfg = run_config(args)
@@ -44,6 +45,7 @@ def run(args) -> int:
     method = prepare_method(cfg)
     if not needs_training(method.editor):
         raise DetoxEditError(f"method {cfg.method!r} has nothing to train; run it with detoxedit bench")
+    check_run(cfg, judge=False, splits=[cfg.train_split])  # data, layers: before the model loads
     torch.manual_seed(cfg.seed)
     model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
     path = ensure_artifact(method, cfg, Path(args.out).parent, model, tok, progress=not args.no_progress)

@@ -101,3 +101,29 @@ class FormatSettings(HyperParamsIO):
     def check_format(self, source: str) -> None:
         if self.prompt_format not in ("chat", "raw"):
             self.fail(source, f"prompt_format must be 'chat' or 'raw', not {self.prompt_format!r}")
+
+
+@dataclass
+class ValidationSettings(HyperParamsIO):
+    """Bounds of edit validation (``detoxedit.methods.validation``), shared by the per-instance methods'
+    settings (DINM, FT-L, MEND; ``docs/dinm.md``, "Validation")."""
+
+    validation: bool = True
+    """Check every edit (a few forward passes) and record the result in its meta."""
+    min_token_accuracy: float = 0.9
+    """(a) Least teacher-forced token accuracy of the safe response for the edit to count as learned."""
+    eot_min_prob: float = 0.5
+    """(b) The end-of-turn token after the safe response must keep probability >= min(before, this)."""
+    max_kl_knowledge: float = 0.5
+    """(c) Largest mean KL(p_W0 || p_W) (nats per token) allowed on the knowledge pair's answer."""
+    max_kl_harmless: float = 0.5
+    """(c) Largest mean KL allowed on the harmless probe prompts (``validation.PROBE_IDS``)."""
+
+    def check_validation(self, source: str) -> None:
+        self.as_numbers(source, "min_token_accuracy", "eot_min_prob", "max_kl_knowledge", "max_kl_harmless")
+        if not 0 <= self.min_token_accuracy <= 1:
+            self.fail(source, "min_token_accuracy must be within [0, 1]")
+        if not 0 < self.eot_min_prob <= 1:
+            self.fail(source, "eot_min_prob must be within (0, 1]")
+        if self.max_kl_knowledge < 0 or self.max_kl_harmless < 0:
+            self.fail(source, "max_kl_knowledge and max_kl_harmless must be >= 0")

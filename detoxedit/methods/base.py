@@ -39,6 +39,11 @@ class EditCase:
     knowledge_prompt: str | None = None
     knowledge_answer: str | None = None
     case_id: str | int | None = None
+    unsafe_source: str | None = None
+    """Where ``unsafe`` came from: ``record`` (the data's unsafe generation), ``given`` (the user's),
+    ``generated:<input>`` (the model's own answer to that input: ``attack``, ``attack+suffix``,
+    ``question``), or ``refusal-only:<input>`` when every answer the model gave was a refusal, so the
+    located layer separates two refusals, not safe from unsafe text."""
 
 
 def param_fingerprint(t: torch.Tensor) -> str:

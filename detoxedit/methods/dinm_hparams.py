@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from detoxedit.methods._hparams import FormatSettings
+from detoxedit.methods._hparams import FormatSettings, ValidationSettings
 
 # Reference YAML keys that carry no meaning for detoxedit (model path, devices, module templates).
 _IGNORED_KEYS = {
@@ -22,9 +22,11 @@ _IGNORED_KEYS = {
 
 
 @dataclass
-class DINMHyperParams(FormatSettings):
-    """Settings of one DINM edit. Defaults: the paper's LLaMA2-7B-Chat setting (Sec. 4.1). The input
-    format settings (suffix, max_length, max_output_length, prompt_format) are ``FormatSettings``'."""
+class DINMHyperParams(FormatSettings, ValidationSettings):
+    """Settings of one DINM edit. Defaults: the paper's LLaMA2-7B-Chat setting (Sec. 4.1), with the
+    step size adapted per case (``step_size: adaptive``; ``fixed`` is the paper's). The input format
+    settings (suffix, max_length, ...) are ``FormatSettings``'; the validation bounds
+    (min_token_accuracy, eot_min_prob, max_kl_*) are ``ValidationSettings``'."""
 
     METHOD: ClassVar[str] = "DINM"
     YAML_SECTIONS: ClassVar[tuple[str, ...]] = ("hparams", "dinm")  # a run config may nest them
@@ -50,6 +52,25 @@ class DINMHyperParams(FormatSettings):
     locate: Literal["per_case", "once_per_run"] = "per_case"
     """Locate the toxic layer for every case (paper) or for the first case only, reusing that layer for
     the rest of the run (reference code)."""
+    distance: Literal["euclidean", "normalized"] = "euclidean"
+    """How the toxic layer is located: the paper's Euclidean hidden-state distance, or the same distance
+    relative to the layer's hidden-state norm (``dinm.layer_distances``). Both are recorded per case."""
+    step_size: Literal["adaptive", "fixed"] = "adaptive"
+    """``fixed``: ``num_steps`` steps at ``lr`` (the paper). ``adaptive``: ``lr`` is the first try, which
+    runs until the safe response is learned (at most ``max_steps``); a try that fails validation is
+    retried from the original weights with a smaller step size when it overshot (end of turn lost, KL
+    above its bound, loss rose) and a larger one when it learned too little (docs/dinm.md, "Adaptive
+    step size")."""
+    max_steps: int = 40
+    """Adaptive step size: most Adam steps per try; a try stops earlier once ``target_accuracy`` is met."""
+    target_accuracy: float = 1.0
+    """Adaptive step size: a try stops before the first step at which the teacher-forced token accuracy
+    of the safe response (end of turn included) reaches this; 1.0: greedy decoding then gives exactly
+    the safe response and ends its turn. (Passing needs only ``min_token_accuracy``.)"""
+    max_attempts: int = 6
+    """Adaptive step size: most tuning runs per case."""
+    lr_factor: float = 2.0
+    """Adaptive step size: the factor by which the step size grows or shrinks before a bracket is known."""
     fast_path: bool = True
     """Compute the frozen part of the network once per edit (same losses as the naive path)."""
 
@@ -57,7 +78,7 @@ class DINMHyperParams(FormatSettings):
     def reference(cls, **overrides) -> "DINMHyperParams":
         """Settings that reproduce EasyEdit's SafeEdit code, for matching published numbers:
         KL without gradient, toxic layer located once per run, raw (no chat template) prompts."""
-        base = dict(kl_grad=False, locate="once_per_run", prompt_format="raw")
+        base = dict(kl_grad=False, locate="once_per_run", prompt_format="raw", step_size="fixed")
         base.update(overrides)
         return cls(**base)
 
@@ -67,6 +88,7 @@ class DINMHyperParams(FormatSettings):
             raw.setdefault("kl_grad", False)
             raw.setdefault("locate", "once_per_run")
             raw.setdefault("prompt_format", "raw")
+            raw.setdefault("step_size", "fixed")
         if raw.get("norm_constraint") is False:  # reference YAML writes `norm_constraint: false`
             raw["norm_constraint"] = None
         if "layers" in raw and raw["layers"] is None:
@@ -74,7 +96,7 @@ class DINMHyperParams(FormatSettings):
         return raw
 
     def validate(self, source: str = "DINM settings") -> None:
-        self.as_numbers(source, "lr", "weight_decay", "kl_factor", "norm_constraint")
+        self.as_numbers(source, "lr", "weight_decay", "kl_factor", "norm_constraint", "lr_factor", "target_accuracy")
         if not isinstance(self.layers, list) or len(self.layers) > 1:
             self.fail(source, f"layers must be [] (locate per case) or one layer index, got {self.layers!r}")
         if self.num_steps < 0:
@@ -84,5 +106,21 @@ class DINMHyperParams(FormatSettings):
         if self.locate not in ("per_case", "once_per_run"):
             self.fail(source, f"locate must be 'per_case' or 'once_per_run', not {self.locate!r}")
         self.check_format(source)
+        self.check_validation(source)
+        if self.distance not in ("euclidean", "normalized"):
+            self.fail(source, f"distance must be 'euclidean' or 'normalized', not {self.distance!r}")
+        if self.step_size not in ("adaptive", "fixed"):
+            self.fail(source, f"step_size must be 'adaptive' or 'fixed', not {self.step_size!r}")
+        if self.step_size == "adaptive" and not self.validation:
+            self.fail(source, "step_size: adaptive chooses the step size by validating each try; it needs "
+                              "validation: true (or use step_size: fixed)")
+        if not 0 < self.target_accuracy <= 1:
+            self.fail(source, "target_accuracy must be within (0, 1]")
+        if self.max_steps < 1:
+            self.fail(source, "max_steps must be >= 1")
+        if self.max_attempts < 1:
+            self.fail(source, "max_attempts must be >= 1")
+        if self.lr_factor <= 1:
+            self.fail(source, "lr_factor must be > 1")
         if self.norm_constraint is not None and self.norm_constraint <= 0:
             self.fail(source, "norm_constraint must be a positive number or null")

@@ -37,33 +37,18 @@ import torch.nn.functional as F
 
 from detoxedit.errors import DetoxEditError
 from detoxedit.methods.base import Edit, EditCase, register_method
+from detoxedit.methods.validation import validate_edit
 from detoxedit.methods.ft_l_hparams import FTLHyperParams
 from detoxedit.methods.machinery import (FastForward, OutputHead, Projector, block_input, build_batch,
-                                         edit_provenance, replay_blocks)
+                                         edit_provenance, own_response, replay_blocks)
 from detoxedit.models import arch
-from detoxedit.models.generate import cut_response, pad_id, stop_token_ids, truncate_left, with_suffix
+from detoxedit.models.generate import truncate_left, with_suffix
 from detoxedit.models.hooks import capture_calls, capture_outputs, hooks
 
 
 # --------------------------------------------------------------------------------------------------
 # 1. Choosing the layer by causal tracing
 # --------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def own_response(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str) -> list[int]:
-    """The model's greedy response to ``p_ids`` (at most ``n_tokens`` ids, cut at the end of turn)."""
-    from transformers import GenerationConfig
-
-    dev = next(model.parameters()).device
-    stops = stop_token_ids(tok, prompt_format)
-    cfg = GenerationConfig(max_new_tokens=n_tokens, do_sample=False, temperature=None, top_p=None,
-                           top_k=None, pad_token_id=pad_id(tok), eos_token_id=stops or None,
-                           bos_token_id=tok.bos_token_id)
-    ids = torch.tensor([p_ids], device=dev)
-    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
-    new = out[0, len(p_ids):].tolist()
-    return cut_response(new, stops) or new[:1]  # a response that is only an end of turn: trace that token
-
-
 @torch.no_grad()
 def causal_trace(model, p_ids: list[int], r_ids: list[int], noise: float = 3.0, samples: int = 5,
                  seed: int = 0) -> dict:
@@ -227,4 +212,9 @@ class FTL:
             "timings": {"locate_s": t_locate, **timings, "total_s": time.perf_counter() - t0},
             **edit_provenance(model, hp, {name: w0}),
         }
-        return Edit(method="ft-l", deltas={name: delta.cpu()}, meta=meta)
+        edit = Edit(method="ft-l", deltas={name: delta.cpu()}, meta=meta)
+        t1 = time.perf_counter()
+        meta["validation"] = validate_edit(model, tok, case, edit, hp, objective=(1.0, 0.0))  # NLL only
+        meta["unsafe_source"] = case.unsafe_source
+        meta["timings"]["validate_s"] = time.perf_counter() - t1
+        return edit

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from detoxedit.methods._hparams import FormatSettings
+from detoxedit.methods._hparams import FormatSettings, ValidationSettings
 
 # EasyEdit/ROME YAML keys that only describe their plumbing (paths, devices, module templates).
 _IGNORED_KEYS = {
@@ -22,7 +22,7 @@ _IGNORED_KEYS = {
 
 
 @dataclass
-class FTLHyperParams(FormatSettings):
+class FTLHyperParams(FormatSettings, ValidationSettings):
     """Settings of one FT-L edit. Defaults: ROME's FT-L setting (25 Adam steps, lr 5e-4, eps 5e-4)."""
 
     METHOD: ClassVar[str] = "FT-L"
@@ -72,5 +72,6 @@ class FTLHyperParams(FormatSettings):
         if self.norm_constraint is not None and self.norm_constraint <= 0:
             self.fail(source, "norm_constraint must be a positive number or null")
         self.check_format(source)
+        self.check_validation(source)
         if self.trace_samples < 1 or self.trace_tokens < 1 or self.trace_noise <= 0:
             self.fail(source, "trace_samples and trace_tokens must be >= 1 and trace_noise > 0")

@@ -15,6 +15,7 @@ in common. A method file holds only its own algorithm and imports these by name.
    MEND), and the ``replay_blocks`` loop they and FT-L's causal tracing share.
 6. **Provenance.** The settings, model, dtype and base-weight fingerprints an instance edit records.
 7. **Hidden-state capture.** ``block_outputs``, what DINM's locator and the localisation study compare.
+8. **The model's own answer.** ``own_response``, greedy token ids (FT-L's causal trace, edit validation).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import nn
 
 from detoxedit.methods.base import EditCase, param_fingerprint
 from detoxedit.models import arch
-from detoxedit.models.generate import pad_id, response_ids, truncate_left, with_suffix
+from detoxedit.models.generate import cut_response, pad_id, response_ids, stop_token_ids, truncate_left, with_suffix
 from detoxedit.models.hooks import (capture_calls, capture_inputs, capture_outputs, first_tensor,
                                     replace_output)
 
@@ -314,3 +315,22 @@ def block_outputs(model, input_ids: list[int]) -> list[torch.Tensor]:
     with capture_outputs(list(blocks)) as outs:
         model(input_ids=torch.tensor([input_ids], device=device), use_cache=False)
     return [o[0].float() for o in outs]
+
+
+# --------------------------------------------------------------------------------------------------
+# 8. The model's own answer
+# --------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def own_response(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str) -> list[int]:
+    """The model's greedy response to ``p_ids`` (at most ``n_tokens`` ids, cut at the end of turn)."""
+    from transformers import GenerationConfig
+
+    dev = next(model.parameters()).device
+    stops = stop_token_ids(tok, prompt_format)
+    cfg = GenerationConfig(max_new_tokens=n_tokens, do_sample=False, temperature=None, top_p=None,
+                           top_k=None, pad_token_id=pad_id(tok), eos_token_id=stops or None,
+                           bos_token_id=tok.bos_token_id)
+    ids = torch.tensor([p_ids], device=dev)
+    out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
+    new = out[0, len(p_ids):].tolist()
+    return cut_response(new, stops) or new[:1]  # a response that is only an end of turn: trace that token

@@ -56,6 +56,7 @@ from detoxedit.methods.base import Edit, EditCase, register_method
 from detoxedit.methods.machinery import (Replay, build_batch, edit_provenance, io_features, kl_to_reference,
                                          reference_logprobs, to_param_layout)
 from detoxedit.methods.mend_hparams import MENDHyperParams
+from detoxedit.methods.validation import validate_edit
 from detoxedit.models import arch
 from detoxedit.models.hooks import hooks
 
@@ -481,4 +482,9 @@ class MEND:
             "timings": {"gradient_s": t_grad, "editor_s": t_editor, "total_s": time.perf_counter() - t0},
             **edit_provenance(model, hp, dict(zip(names, weights))),
         }
-        return Edit(method="mend", deltas=result, meta=meta)
+        edit = Edit(method="mend", deltas=result, meta=meta)
+        t2 = time.perf_counter()
+        meta["validation"] = validate_edit(model, tok, case, edit, hp, objective=(1.0, 0.0))  # edit NLL
+        meta["unsafe_source"] = case.unsafe_source
+        meta["timings"]["validate_s"] = time.perf_counter() - t2
+        return edit

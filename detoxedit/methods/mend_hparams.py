@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from detoxedit.methods._hparams import FormatSettings
+from detoxedit.methods._hparams import FormatSettings, ValidationSettings
 
 # Keys of the reference's YAML files that describe its plumbing, not the method.
 _IGNORED_KEYS = {
@@ -24,7 +24,7 @@ _ALIASES = {"cedit": "c_edit", "cloc": "c_loc"}
 
 
 @dataclass
-class MENDHyperParams(FormatSettings):
+class MENDHyperParams(FormatSettings, ValidationSettings):
     """Settings of MEND: the editor network, its training on a split, and one edit.
 
     Defaults are MEND's published settings where it has them (rank 1920, one hidden layer,
@@ -92,3 +92,4 @@ class MENDHyperParams(FormatSettings):
         if self.max_length < 16:
             self.fail(source, "max_length must be at least 16 tokens")
         self.check_format(source)
+        self.check_validation(source)

@@ -77,8 +77,15 @@ def _attn_for(dtype, device: str, device_map) -> str | None:
     return None
 
 
+def _is_default_gguf(gguf: Path) -> bool:
+    try:
+        return gguf == default_gguf_path()
+    except DetoxEditError:  # the embedded model's package is not installed: another file
+        return False
+
+
 def _gguf_cache_path(gguf: Path) -> Path:
-    if gguf == default_gguf_path():
+    if _is_default_gguf(gguf):
         try:
             version = importlib.metadata.version(DEFAULT_PACKAGE)
         except importlib.metadata.PackageNotFoundError:
@@ -131,22 +138,31 @@ def materialize_gguf(gguf: Path) -> Path:
     return target
 
 
-def resolve_spec(spec: str) -> tuple[str, bool]:
-    """Where to load ``spec`` from: (path or hub id, is_local)."""
+def classify_spec(spec: str) -> tuple[str, Path | str]:
+    """What kind of model ``spec`` names, without loading anything: ``("default", gguf path)``,
+    ``("gguf", path)``, ``("dir", path)`` or ``("hub", id)``; a path that does not exist fails here."""
     if spec == DEFAULT_SPEC:
-        return str(materialize_gguf(default_gguf_path())), True
+        return "default", default_gguf_path()
     path = Path(spec).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise DetoxEditError(f"GGUF file {spec} does not exist")
-        return str(materialize_gguf(path.resolve())), True
+        return "gguf", path.resolve()
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise DetoxEditError(f"{spec} is a directory but holds no config.json (not a transformers checkpoint)")
-        return str(path), True
+        return "dir", path
     if spec.startswith((".", "/", "~")) or os.sep in spec.strip("/").replace("/", "", 1):
         raise DetoxEditError(f"model path {spec} does not exist")
-    return spec, False
+    return "hub", spec
+
+
+def resolve_spec(spec: str) -> tuple[str, bool]:
+    """Where to load ``spec`` from: (path or hub id, is_local); a GGUF is dequantized (once) here."""
+    kind, where = classify_spec(spec)
+    if kind in ("default", "gguf"):
+        return str(materialize_gguf(where)), True
+    return str(where), kind == "dir"
 
 
 def _offline_hint(spec: str) -> str:
@@ -200,3 +216,130 @@ def load_model(spec: str = DEFAULT_SPEC, dtype: str | torch.dtype = "fp32", devi
     model.requires_grad_(False)
     model.detoxedit_spec = spec  # recorded in edits and runs
     return model, tok
+
+
+# --- how many decoder blocks a spec has, without loading it ---------------------------------------------
+
+_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+"""GGUF metadata value types (the spec's ``gguf_metadata_value_type``) -> struct format; 8 is a string,
+9 an array."""
+_GGUF_STRING, _GGUF_ARRAY = 8, 9
+
+
+def gguf_block_count(path: str | os.PathLike) -> int | None:
+    """``<arch>.block_count`` from a GGUF file's header, or None when the header does not say.
+
+    Reads the metadata key/value pairs in order and stops as soon as it has the architecture and its
+    block count (converters write both before the tokenizer arrays), and never reads the tensors;
+    ``gguf.GGUFReader`` parses the whole file (about 2 s for the 135M default).
+    """
+    import struct
+
+    with open(path, "rb") as f:
+        if f.read(4) != b"GGUF":
+            raise DetoxEditError(f"{path} is not a GGUF file (no GGUF magic)")
+        order = "<"
+        (version,) = struct.unpack("<I", f.read(4))
+        if version > 0xFFFF:  # a big-endian file
+            order = ">"
+
+        def read(fmt: str):
+            size = struct.calcsize(order + fmt)
+            return struct.unpack(order + fmt, f.read(size))[0]
+
+        def read_str() -> str:
+            return f.read(read("Q")).decode("utf-8", errors="replace")
+
+        def value(kind: int):
+            if kind == _GGUF_STRING:
+                return read_str()
+            if kind == _GGUF_ARRAY:
+                item, count = read("I"), read("Q")
+                if item in _GGUF_SCALARS:  # skip without decoding
+                    f.seek(count * struct.calcsize(order + _GGUF_SCALARS[item]), os.SEEK_CUR)
+                else:
+                    for _ in range(count):
+                        value(item)
+                return None
+            if kind not in _GGUF_SCALARS:
+                raise DetoxEditError(f"{path}: unknown GGUF metadata type {kind}")
+            return read(_GGUF_SCALARS[kind])
+
+        read("Q")  # tensor count
+        n_kv = read("Q")
+        found: dict[str, object] = {}
+        for _ in range(n_kv):
+            key, kind = read_str(), read("I")
+            found[key] = value(kind)
+            arch = found.get("general.architecture")
+            if arch is not None and f"{arch}.block_count" in found:
+                return int(found[f"{arch}.block_count"])
+    return None
+
+
+def _layers_in_config(config: dict) -> int | None:
+    """The decoder-block count a ``config.json`` declares (a multimodal config's ``text_config`` too)."""
+    for cfg in (config, config.get("text_config") or {}):
+        for key in ("num_hidden_layers", "n_layer"):  # n_layer: GPT-2 and GPT-J
+            if isinstance(cfg.get(key), int):
+                return cfg[key]
+    return None
+
+
+def _layers_in_dir(path: Path) -> int | None:
+    import json
+
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DetoxEditError(f"cannot read {path / 'config.json'}: {err}") from None
+    n = _layers_in_config(config)
+    if n is None:  # a family that names it otherwise: let transformers map the attribute
+        try:
+            from transformers import AutoConfig
+
+            n = AutoConfig.from_pretrained(str(path)).get_text_config().num_hidden_layers
+        except Exception:
+            return None
+    return n
+
+
+def _layers_of_gguf(gguf: Path) -> int | None:
+    cached = _gguf_cache_path(gguf)
+    if _is_checkpoint(cached):
+        return _layers_in_dir(cached)
+    try:
+        return gguf_block_count(gguf)
+    except DetoxEditError:
+        raise
+    except Exception as err:  # a truncated header (struct.error, OSError): the load will say more
+        log.debug("could not read the block count of %s: %s", gguf, err)
+        return None
+
+
+def _layers_of_hub_id(repo_id: str) -> int | None:
+    """From the local hub cache only: asking the hub would wait out its retries when there is no
+    network (about 25 s), and ``load_model`` asks it anyway."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(repo_id, local_files_only=True).get_text_config().num_hidden_layers
+    except Exception:  # not cached: the load fetches it (or says what is wrong)
+        return None
+
+
+def num_layers_of(spec: str = DEFAULT_SPEC) -> int | None:
+    """How many decoder blocks the model ``spec`` names, read from its config only (never the weights).
+
+    ``default`` and ``.gguf`` files: the cached dequantized checkpoint's ``config.json`` when it exists,
+    else the GGUF header's ``<arch>.block_count``; a directory: its ``config.json``; a hub id: its config
+    in the local hub cache. None when it cannot be told that way (a hub id not downloaded yet): the
+    model load then finds out. A spec that cannot exist (a missing path) fails as :func:`resolve_spec`
+    does, before anything is loaded.
+    """
+    kind, where = classify_spec(spec)
+    if kind in ("default", "gguf"):
+        return _layers_of_gguf(where)
+    if kind == "dir":
+        return _layers_in_dir(where)
+    return _layers_of_hub_id(where)
