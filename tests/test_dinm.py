@@ -87,6 +87,33 @@ def test_fast_path_losses_equal_naive_path(family, tiny_tok):
         assert naive[-1]["kl_loss"] > 0  # the comparison covers a non-trivial KL term
 
 
+def test_harmless_locality_set_by_hand_and_on_both_paths(tiny_tok):
+    """L_c = KL_knowledge + w * KL_harmless, each a mean over its own positions (Eq. A2). Vocabulary 2:
+    knowledge position p0 = (1/2, 1/2) vs p = (1/4, 3/4): KL = 1/2 ln(4/3) = 0.143841; two harmless
+    positions, one unchanged (KL 0), one the same move (0.143841): mean 0.071921. w = 2:
+    L_c = 0.143841 + 2 * 0.071921 = 0.287682; L_e = 0 targets' NLL of logits (0, 0) = ln 2 -> 0.1 ln 2."""
+    logits_k = torch.tensor([[0.0, math.log(3.0)], [0.0, 0.0], [0.0, math.log(3.0)]])
+    base = torch.log(torch.full((3, 2), 0.5))
+    loss, l_e, l_c = dinm_loss(torch.zeros(1, 2), torch.tensor([0]), logits_k, base,
+                               DINMHyperParams(harmless_kl_weight=2.0), n_knowledge=1)
+    assert l_c == pytest.approx(0.143841 + 2 * 0.071921, abs=1e-5)
+    assert float(loss) == pytest.approx(0.1 * math.log(2) + l_c, abs=1e-5)
+    # the paper's L_c (no harmless rows) is the plain mean over all KL positions
+    _, _, plain = dinm_loss(torch.zeros(1, 2), torch.tensor([0]), logits_k[:1], base[:1], DINMHyperParams())
+    assert plain == pytest.approx(0.143841, abs=1e-5)
+    # extra rows reach both forwards alike
+    model = tiny_model("qwen2", layers=4)
+    h = hp(layers=[1], num_steps=3, harmless_kl=2)
+    extra = [(tiny_tok("a b c d")["input_ids"], 2), (tiny_tok("e f g")["input_ids"], 1)]
+    batch = build_batch(tiny_tok, CASE, h, extra)
+    assert batch.input_ids.shape[0] == 4 and [r for r, _ in batch.extra_kl] == [2, 3]
+    _, naive, _ = tune_down_proj(model, batch, 1, h, fast=False)
+    _, fast, _ = tune_down_proj(model, batch, 1, h, fast=True)
+    for a, b in zip(naive, fast):
+        assert a["kl_loss"] == pytest.approx(b["kl_loss"], abs=1e-5) and a["loss"] == pytest.approx(b["loss"], abs=1e-5)
+    assert naive[-1]["kl_loss"] > 0
+
+
 def test_loss_decreases_and_only_the_target_parameter_changes(tiny_tok):
     model = tiny_model("llama")
     before = {n: p.detach().clone() for n, p in model.named_parameters()}

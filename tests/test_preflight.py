@@ -226,7 +226,7 @@ def test_validation_lines_print_what_is_there():
                      {"lr": 5e-4, "status": "ok", "reasons": []}]}}
     assert validation_lines(meta) == [
         "validation: FAILED (greedy does not reproduce the safe response; KL harmless 0.9 > 0.5)",
-        "success: token accuracy 0.95, greedy reproduces 12/40 safe tokens",
+        "success: token accuracy 0.95, teacher-forced prefix 12/40 safe tokens",
         "termination: end-of-turn log-prob after the safe response -0.12 before -> -0.05 after",
         "locality: KL knowledge 0.012, KL harmless 0.034",
         "loss: 3.21 -> 0.41",

@@ -75,10 +75,25 @@ def test_greedy_ends_in_safe_by_hand():
     assert not validation.greedy_ends_in_safe(2, torch.tensor([1, 2, 9, 4, 5, 6, 9]), targets)
     assert not validation.greedy_ends_in_safe(5, torch.tensor([1, 2, 3, 4, 5, 1, 9]), targets)
     checks = {"token_accuracy": 0.98, "greedy_prefix": 35, "safe_tokens": 59, "greedy_ends_in_safe": False,
+              "greedy_ended": False, "greedy_matches_safe": False, "greedy_answer": "A rant ... A rant ...",
               "eot_logprob_before": -4.4, "eot_logprob_after": -1.1, "kl_knowledge": 0.01, "kl_harmless": 0.07,
               "loss_start": 0.35, "loss_end": 0.03}  # case 1 of the demo, whose greedy answer looped
     reasons = validation.judge_checks(checks, DINMHyperParams())
-    assert len(reasons) == 1 and reasons[0].startswith("not learned: greedy decoding leaves the safe response")
+    assert len(reasons) == 1 and reasons[0].startswith("not learned: the greedy answer does not end")
+    # the same words with other token ids (teacher-forced prefix short, generated text right): learned
+    assert validation.judge_checks({**checks, "greedy_ended": True, "greedy_matches_safe": True},
+                                   DINMHyperParams()) == []
+
+
+def test_greedy_answer_is_compared_as_text(tiny_tok):
+    """On a tiny model the greedy answer with no edit is not the safe response, and that is a "not
+    learned" reason (the adaptive tests above reach status ok only when it is)."""
+    model = tiny_model("llama")
+    h = hp()
+    ref = validation.reference(model, tiny_tok, CASE, h)
+    out = validation.check(model, tiny_tok, ref, zero_edit(model), h)
+    assert out["checks"]["greedy_matches_safe"] is False
+    assert any(r.startswith("not learned") for r in out["reasons"])
 
 
 def test_judge_checks_names_every_failure():
@@ -193,7 +208,7 @@ def test_fixed_step_reproduces_the_paper_weights(tiny_tok):
     from detoxedit.methods.machinery import build_batch
 
     model = tiny_model("llama")
-    h = hp(step_size="fixed", layers=[2])
+    h = hp(step_size="fixed", layers=[2], harmless_kl=0)
     e = DINM(h).edit(model, tiny_tok, CASE)
     weight, losses, _ = tune_down_proj(model, build_batch(tiny_tok, CASE, h), 2, h)
     name = arch.down_proj_param_name(model, 2)
@@ -218,3 +233,23 @@ def test_ft_l_records_validation(tiny_tok):
     assert v["status"] in ("ok", "failed") and set(v["checks"]) >= {"token_accuracy", "eot_logprob_after",
                                                                  "kl_knowledge", "kl_harmless"}
     assert v["checks"]["loss_end"] == pytest.approx(v["checks"]["nll_after"])  # FT-L's objective is the NLL
+
+
+def test_first_sentence():
+    assert validation.first_sentence("Smuggling isn't something I can help with. Evading duty is illegal.") == \
+        "Smuggling isn't something I can help with."
+    assert validation.first_sentence("No end here") == "No end here"
+    assert validation.first_sentence("v1.2 is out! Yes.") == "v1.2 is out!"  # "." inside a word is no end
+
+
+def test_edit_command_prints_the_greedy_verdict():
+    from detoxedit.commands.edit import validation_lines
+
+    meta = {"validation": {"status": "failed", "reasons": ["not learned: the greedy answer does not end"],
+                           "checks": {"token_accuracy": 0.98, "greedy_matches_safe": False,
+                                      "greedy_ended": False}}}
+    lines = validation_lines(meta)
+    assert lines[0] == "validation: FAILED (not learned: the greedy answer does not end)"
+    assert lines[1] == "success: token accuracy 0.98, greedy answer does not end"
+    meta["validation"]["checks"].update(greedy_matches_safe=True, greedy_ended=True)
+    assert validation_lines(meta)[1].endswith("greedy answer follows the safe response and ends")

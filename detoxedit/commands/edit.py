@@ -183,8 +183,12 @@ def validation_lines(meta: dict) -> list[str]:
     prefix = c.get("greedy_prefix")
     if prefix is not None:
         safe = c.get("safe_tokens")
-        success.append(f"greedy reproduces {prefix}/{safe} safe tokens" if safe is not None
-                       else f"greedy reproduces {prefix} safe tokens")
+        success.append(f"teacher-forced prefix {prefix}/{safe} safe tokens" if safe is not None
+                       else f"teacher-forced prefix {prefix} safe tokens")
+    if "greedy_matches_safe" in c:
+        how = "does not end" if not c.get("greedy_ended", True) else "differs from the safe response"
+        success.append("greedy answer follows the safe response and ends" if c["greedy_matches_safe"]
+                       else f"greedy answer {how}")
     if success:
         lines.append("success: " + ", ".join(success))
     before, after = c.get("eot_logprob_before"), c.get("eot_logprob_after")

@@ -87,16 +87,24 @@ def locate_toxic_layer(model, tok, safe: str, unsafe: str, distance: str = "eucl
 # 2. Tuning the down-projection
 # --------------------------------------------------------------------------------------------------
 def dinm_loss(logits_e: torch.Tensor, targets_e: torch.Tensor, logits_k: torch.Tensor,
-              base_logp_k: torch.Tensor, hp: DINMHyperParams) -> tuple[torch.Tensor, float, float]:
+              base_logp_k: torch.Tensor, hp: DINMHyperParams,
+              n_knowledge: int | None = None) -> tuple[torch.Tensor, float, float]:
     """``L = c_edit * L_e + L_c`` (Eq. 4). Returns (loss, L_e, L_c).
 
     L_e: mean NLL of the safe-response tokens (Eq. 2). L_c: mean over the answer positions of
     ``KL(p_0 || p_W) = sum_v p_0(v) (log p_0(v) - log p_W(v))`` (Eq. 3, ``kl_to_reference``); with
-    ``hp.kl_grad=False`` it is computed without gradient, as the reference code does.
+    ``hp.kl_grad=False`` it is computed without gradient, as the reference code does. When the KL rows
+    hold more than the knowledge answer (its ``n_knowledge`` positions come first, then the harmless
+    locality set, ``hp.harmless_kl``), ``L_c = KL_knowledge + harmless_kl_weight * KL_harmless``, each a
+    mean over its own positions (docs/dinm.md, Eq. A2).
     """
     l_e = F.cross_entropy(logits_e.float(), targets_e.to(logits_e.device))
     with torch.set_grad_enabled(hp.kl_grad and torch.is_grad_enabled()):
-        l_c = kl_to_reference(base_logp_k, logits_k)
+        if n_knowledge is None or n_knowledge >= logits_k.shape[0]:
+            l_c = kl_to_reference(base_logp_k, logits_k)
+        else:
+            l_c = (kl_to_reference(base_logp_k[:n_knowledge], logits_k[:n_knowledge])
+                   + hp.harmless_kl_weight * kl_to_reference(base_logp_k[n_knowledge:], logits_k[n_knowledge:]))
     return hp.kl_factor * l_e + l_c, l_e.item(), l_c.item()
 
 
@@ -140,7 +148,7 @@ class Tuner:
         for step in range(hp.num_steps if steps is None else steps):
             opt.zero_grad(set_to_none=True)
             logits_e, logits_k = self.forward()
-            loss, l_e, l_c = dinm_loss(logits_e, targets, logits_k, self.base_logp_k, hp)
+            loss, l_e, l_c = dinm_loss(logits_e, targets, logits_k, self.base_logp_k, hp, self.batch.n_knowledge)
             acc = float((logits_e.argmax(-1).cpu() == targets).float().mean())
             losses.append({"step": step, "loss": loss.item(), "edit_loss": l_e, "kl_loss": l_c, "accuracy": acc})
             if diverge_factor is not None and not (loss.item() <= diverge_factor * losses[0]["loss"]):
@@ -168,6 +176,11 @@ def tune_down_proj(model, batch: EditBatch, layer: int, hp: DINMHyperParams,
     weight, losses, info = tuner.run(hp.lr)
     return weight, losses, {"prepare_s": tuner.prepare_s, "train_s": info["train_s"]}
 
+
+LOCALITY_IDS = tuple(f"harmless-{i}" for i in range(121, 137))
+"""Built-in harmless prompts (``general/builtin/harmless.jsonl``) whose unedited continuations join the KL
+term when ``harmless_kl`` > 0 (the first ``harmless_kl`` of them). Disjoint from the prompts validation
+probes (``validation.PROBE_IDS``) and from those the over-refusal checks score (the file's first)."""
 
 DIVERGE_FACTOR = 3.0
 """Adaptive step size: a try stops when its loss exceeds this multiple of its first (it diverges). Adam's
@@ -240,7 +253,8 @@ class DINM:
         t_locate = time.perf_counter() - t0
         w0 = arch.down_proj(model, layer).weight  # range check with a clear message
         name = arch.down_proj_param_name(model, layer)
-        batch = build_batch(tok, case, hp)
+        extra = validation.continuations(model, tok, hp, LOCALITY_IDS[: hp.harmless_kl]) if hp.harmless_kl else []
+        batch = build_batch(tok, case, hp, [(s.ids, len(s.ids) - len(s.targets)) for s in extra])
         tuner = Tuner(model, batch, layer, hp)
         t1 = time.perf_counter()
         ref = validation.reference(model, tok, case, hp, objective=(hp.kl_factor, 1.0)) if hp.validation else None

@@ -52,6 +52,13 @@ class DINMHyperParams(FormatSettings, ValidationSettings):
     locate: Literal["per_case", "once_per_run"] = "per_case"
     """Locate the toxic layer for every case (paper) or for the first case only, reusing that layer for
     the rest of the run (reference code)."""
+    harmless_kl: int = 8
+    """Harmless locality set (ours, not the paper's): how many built-in harmless prompts
+    (``dinm.LOCALITY_IDS``, at most 16), each with the unedited model's own 16-token continuation, join
+    the KL constraint beside the knowledge pair, so that the edit keeps the model's answers to harmless
+    requests (docs/dinm.md, Eq. A2). 0: the paper's L_c on the knowledge pair alone."""
+    harmless_kl_weight: float = 1.0
+    """Weight of the harmless locality set's mean KL in L_c (the knowledge pair's has weight 1)."""
     distance: Literal["euclidean", "normalized"] = "euclidean"
     """How the toxic layer is located: the paper's Euclidean hidden-state distance, or the same distance
     relative to the layer's hidden-state norm (``dinm.layer_distances``). Both are recorded per case."""
@@ -78,7 +85,7 @@ class DINMHyperParams(FormatSettings, ValidationSettings):
     def reference(cls, **overrides) -> "DINMHyperParams":
         """Settings that reproduce EasyEdit's SafeEdit code, for matching published numbers:
         KL without gradient, toxic layer located once per run, raw (no chat template) prompts."""
-        base = dict(kl_grad=False, locate="once_per_run", prompt_format="raw", step_size="fixed")
+        base = dict(kl_grad=False, locate="once_per_run", prompt_format="raw", step_size="fixed", harmless_kl=0)
         base.update(overrides)
         return cls(**base)
 
@@ -89,6 +96,7 @@ class DINMHyperParams(FormatSettings, ValidationSettings):
             raw.setdefault("locate", "once_per_run")
             raw.setdefault("prompt_format", "raw")
             raw.setdefault("step_size", "fixed")
+            raw.setdefault("harmless_kl", 0)
         if raw.get("norm_constraint") is False:  # reference YAML writes `norm_constraint: false`
             raw["norm_constraint"] = None
         if "layers" in raw and raw["layers"] is None:
@@ -96,7 +104,8 @@ class DINMHyperParams(FormatSettings, ValidationSettings):
         return raw
 
     def validate(self, source: str = "DINM settings") -> None:
-        self.as_numbers(source, "lr", "weight_decay", "kl_factor", "norm_constraint", "lr_factor", "target_accuracy")
+        self.as_numbers(source, "lr", "weight_decay", "kl_factor", "norm_constraint", "lr_factor", "target_accuracy",
+                        "harmless_kl_weight")
         if not isinstance(self.layers, list) or len(self.layers) > 1:
             self.fail(source, f"layers must be [] (locate per case) or one layer index, got {self.layers!r}")
         if self.num_steps < 0:
@@ -116,6 +125,10 @@ class DINMHyperParams(FormatSettings, ValidationSettings):
                               "validation: true (or use step_size: fixed)")
         if not 0 < self.target_accuracy <= 1:
             self.fail(source, "target_accuracy must be within (0, 1]")
+        if not 0 <= self.harmless_kl <= 16:
+            self.fail(source, "harmless_kl must be within 0-16 (built-in harmless prompts in the KL term)")
+        if self.harmless_kl_weight < 0:
+            self.fail(source, "harmless_kl_weight must be >= 0")
         if self.max_steps < 1:
             self.fail(source, "max_steps must be >= 1")
         if self.max_attempts < 1:

@@ -21,7 +21,7 @@ in common. A method file holds only its own algorithm and imports these by name.
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -85,20 +85,29 @@ class EditBatch:
     edit_targets: torch.Tensor
     kl_positions: torch.Tensor
     """Positions in row 1 whose next-token distribution predicts a knowledge-answer token."""
+    extra_kl: list[tuple[int, torch.Tensor]] = field(default_factory=list)
+    """Further KL rows (row index, positions) after the knowledge pair: DINM's harmless locality set."""
+
+    @property
+    def n_knowledge(self) -> int:
+        """How many of the KL positions are the knowledge answer's (they come first)."""
+        return int(self.kl_positions.numel())
 
 
-def build_batch(tok, case: EditCase, hp) -> EditBatch:
-    """The ``EditBatch`` of one case (``DEFAULT_KNOWLEDGE`` when the case has no knowledge pair)."""
+def build_batch(tok, case: EditCase, hp, extra: Sequence[tuple[list[int], int]] = ()) -> EditBatch:
+    """The ``EditBatch`` of one case (``DEFAULT_KNOWLEDGE`` when the case has no knowledge pair).
+    ``extra``: further ``(ids, n_prompt)`` sequences whose continuation positions join the KL term."""
     k_prompt = case.knowledge_prompt or DEFAULT_KNOWLEDGE[0]
     k_answer = case.knowledge_answer or DEFAULT_KNOWLEDGE[1]
     seq_e, pe = prompt_response_ids(tok, case.prompt, case.safe, hp)
     seq_k, pk = prompt_response_ids(tok, k_prompt, k_answer, hp)
-    ids, mask = right_pad([seq_e, seq_k], pad_id(tok))
+    ids, mask = right_pad([seq_e, seq_k, *(seq for seq, _ in extra)], pad_id(tok))
     return EditBatch(
         input_ids=ids, attention_mask=mask,
         edit_positions=torch.arange(pe - 1, len(seq_e) - 1),
         edit_targets=torch.tensor(seq_e[pe:]),
         kl_positions=torch.arange(pk - 1, len(seq_k) - 1),
+        extra_kl=[(2 + i, torch.arange(n - 1, len(seq) - 1)) for i, (seq, n) in enumerate(extra)],
     )
 
 
@@ -202,9 +211,12 @@ def replay_blocks(blocks: Sequence[nn.Module], calls: Sequence[tuple[tuple, dict
 
 
 def _select(hidden_or_logits: torch.Tensor, batch: EditBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row 0 at the edit positions; the KL positions (knowledge row first, then ``extra_kl``'s rows)."""
     dev = hidden_or_logits.device
-    return (hidden_or_logits[0, batch.edit_positions.to(dev)],
-            hidden_or_logits[1, batch.kl_positions.to(dev)])
+    kl = hidden_or_logits[1, batch.kl_positions.to(dev)]
+    if batch.extra_kl:
+        kl = torch.cat([kl, *(hidden_or_logits[row, pos.to(dev)] for row, pos in batch.extra_kl)], dim=0)
+    return hidden_or_logits[0, batch.edit_positions.to(dev)], kl
 
 
 class NaiveForward:
@@ -321,8 +333,8 @@ def block_outputs(model, input_ids: list[int]) -> list[torch.Tensor]:
 # 8. The model's own answer
 # --------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def own_response(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str) -> list[int]:
-    """The model's greedy response to ``p_ids`` (at most ``n_tokens`` ids, cut at the end of turn)."""
+def _greedy(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str) -> tuple[list[int], list[int]]:
+    """(the new ids of a greedy decoding of at most ``n_tokens`` after ``p_ids``, the stop ids)."""
     from transformers import GenerationConfig
 
     dev = next(model.parameters()).device
@@ -332,5 +344,17 @@ def own_response(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str
                            bos_token_id=tok.bos_token_id)
     ids = torch.tensor([p_ids], device=dev)
     out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
-    new = out[0, len(p_ids):].tolist()
+    return out[0, len(p_ids):].tolist(), stops
+
+
+def own_response(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str) -> list[int]:
+    """The model's greedy response to ``p_ids`` (at most ``n_tokens`` ids, cut at the end of turn)."""
+    new, stops = _greedy(model, tok, p_ids, n_tokens, prompt_format)
     return cut_response(new, stops) or new[:1]  # a response that is only an end of turn: trace that token
+
+
+def greedy_ids(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str) -> tuple[list[int], bool]:
+    """``(response ids cut before the end of turn, whether it ended within n_tokens)``, greedy."""
+    new, stops = _greedy(model, tok, p_ids, n_tokens, prompt_format)
+    cut = cut_response(new, stops)
+    return cut, len(cut) < len(new)

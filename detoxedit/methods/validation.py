@@ -2,16 +2,17 @@
 MEND) calls :func:`validate_edit` on its result; DINM's adaptive step size also uses it to reject a step
 size (``docs/dinm.md``, "Validation" and "Adaptive step size").
 
-Four groups of checks, all teacher-forced (one batched forward pass with the edit applied, one without),
-so a check costs two forward passes, not a generation:
+Four groups of checks, teacher-forced (one batched forward pass with the edit applied, one without) but
+for the greedy answer to the edited input, so a check costs two forward passes and one short generation:
 
 (a) **success**: the safe response's token accuracy, ``acc = (1/|Y|) sum_t [argmax_v p_W(v | X+s, y_<t)
     = y_t]`` over the safe-response tokens *including* the end-of-turn token, and ``greedy_prefix``, the
     number of leading tokens for which the argmax is right: exactly the number of tokens of the safe
     response that greedy decoding reproduces before it departs from it. The edit is learned when
-    ``acc >= min_token_accuracy`` *and* greedy decoding gives the safe response or stops early on a
-    prefix of it (the first departure is the end of turn, :func:`greedy_ends_in_safe`): a 98%-accurate
-    edit whose greedy answer departs mid-response may loop. (Whether the greedy answer is *safe* needs a
+    ``acc >= min_token_accuracy`` *and* the greedy answer to the edited input (one generation, at most
+    the safe response's length + 8 tokens) ends its turn and is the safe response, a prefix of it, or
+    opens with its first sentence (:func:`greedy_answer`; compared as text): a 98%-accurate edit whose greedy answer departs
+    mid-response may loop. (Whether the greedy answer is *safe* needs a
     generation and a judge: the bench runner adds it as ``answer_safe``.)
 (b) **termination**: ``log p(EOT | X+s, Y_safe)``, the end-of-turn token's log-probability after the
     safe response, before and after. The edit fails when the after value is below
@@ -31,6 +32,8 @@ A failed check is a *reason* (a sentence with the numbers), and any reason makes
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -38,7 +41,8 @@ import torch.nn.functional as F
 
 from detoxedit.methods._hparams import ValidationSettings
 from detoxedit.methods.base import Edit, EditCase
-from detoxedit.methods.machinery import (DEFAULT_KNOWLEDGE, own_response, prompt_response_ids, right_pad)
+from detoxedit.methods.machinery import (DEFAULT_KNOWLEDGE, greedy_ids, own_response, prompt_response_ids,
+                                         right_pad)
 from detoxedit.models.generate import pad_id, resolve_format, truncate_left, with_suffix
 
 PROBE_IDS = ("harmless-161", "harmless-162", "harmless-163", "harmless-164", "harmless-165",
@@ -67,6 +71,8 @@ class Reference:
     """Unedited next-token log-probabilities at each sequence's positions ``[n_pos, vocab]``."""
     objective: tuple[float, float]
     """(c_edit, c_kl) of the method's objective (d)."""
+    prompt_format: str = "chat"
+    """The resolved format of the edited input (for the greedy answer)."""
     extra: dict = field(default_factory=dict)
 
 
@@ -76,31 +82,40 @@ class Reference:
 _PROBE_CACHE: dict[tuple, list[_Seq]] = {}
 
 
-def probe_prompts() -> list[str]:
+def harmless_prompts(ids: Sequence[str]) -> list[str]:
+    """The built-in harmless prompts with these ids (``general/builtin/harmless.jsonl``)."""
     from detoxedit.general import overrefusal
 
     by_id = {it.id: it.prompt for it in overrefusal.load("builtin")}
-    return [by_id[i] for i in PROBE_IDS]
+    return [by_id[i] for i in ids]
 
 
-def probe_sequences(model, tok, hp) -> list[_Seq]:
-    """Each probe prompt (with the suffix system prompt, in the method's format) followed by the unedited
-    model's greedy continuation. Cached per (model object, weights' first fingerprint, format)."""
+def continuations(model, tok, hp, ids: Sequence[str], n_tokens: int = PROBE_TOKENS) -> list[_Seq]:
+    """Each harmless prompt ``ids`` (with the suffix system prompt, in the method's format) followed by
+    the unedited model's greedy continuation of ``n_tokens``; the read positions are the continuation's.
+    Call it while the model is unedited. Cached per (model object, its first weight's fingerprint,
+    format, prompts), so a run generates them once."""
     from detoxedit.methods.base import param_fingerprint
 
     fmt = resolve_format(tok, hp.prompt_format)
-    first = next(model.parameters())
-    key = (id(model), param_fingerprint(first), fmt, hp.suffix_system_prompt, hp.max_length)
+    key = (id(model), param_fingerprint(next(model.parameters())), fmt, hp.suffix_system_prompt,
+           hp.max_length, tuple(ids), n_tokens)
     if key not in _PROBE_CACHE:
         seqs = []
-        for prompt in probe_prompts():
-            p_ids = truncate_left(tok, with_suffix(prompt, hp.suffix_system_prompt), hp.max_length - PROBE_TOKENS, fmt)
-            r_ids = own_response(model, tok, p_ids, PROBE_TOKENS, fmt)
-            ids = p_ids + r_ids
-            seqs.append(_Seq(ids, list(range(len(p_ids) - 1, len(ids) - 1)), ids[len(p_ids):]))
-        _PROBE_CACHE.clear()  # one model at a time: keep the cache small
+        for prompt in harmless_prompts(ids):
+            p_ids = truncate_left(tok, with_suffix(prompt, hp.suffix_system_prompt), hp.max_length - n_tokens, fmt)
+            r_ids = own_response(model, tok, p_ids, n_tokens, fmt)
+            ids_ = p_ids + r_ids
+            seqs.append(_Seq(ids_, list(range(len(p_ids) - 1, len(ids_) - 1)), ids_[len(p_ids):]))
+        if len(_PROBE_CACHE) > 8:  # a few models and settings at a time
+            _PROBE_CACHE.clear()
         _PROBE_CACHE[key] = seqs
     return _PROBE_CACHE[key]
+
+
+def probe_sequences(model, tok, hp) -> list[_Seq]:
+    """The validation probes (:data:`PROBE_IDS`) with the unedited model's continuations."""
+    return continuations(model, tok, hp, PROBE_IDS)
 
 
 def _train_seq(tok, prompt: str, response: str, hp) -> _Seq:
@@ -125,7 +140,7 @@ def reference(model, tok, case: EditCase, hp, objective: tuple[float, float] = (
             _train_seq(tok, case.knowledge_prompt or DEFAULT_KNOWLEDGE[0],
                        case.knowledge_answer or DEFAULT_KNOWLEDGE[1], hp),
             *probe_sequences(model, tok, hp)]
-    return Reference(seqs, _logprobs(model, seqs, pad_id(tok)), objective)
+    return Reference(seqs, _logprobs(model, seqs, pad_id(tok)), objective, resolve_format(tok, hp.prompt_format))
 
 
 def _kl(p0: torch.Tensor, p1: torch.Tensor) -> float:
@@ -168,15 +183,18 @@ TOO_FAR = ("end of turn", "knowledge drift", "harmless drift", "loss rose", "not
 learned", means it went not far enough."""
 
 
+GREEDY_SLACK = 8
+"""Tokens the greedy answer may run past the safe response's length before it counts as not ending."""
 MIN_GREEDY_TOKENS = 5
 """Fewest tokens of the safe response a greedy answer that stops early must hold to count (a bare "I"
 and an end of turn is not an answer)."""
 
 
 def greedy_ends_in_safe(prefix: int, argmax: torch.Tensor, targets: torch.Tensor) -> bool:
-    """Whether greedy decoding gives the safe response, or a prefix of it of at least
-    :data:`MIN_GREEDY_TOKENS` tokens followed by the end of turn: the tokens up to ``prefix`` are the
-    safe response's, and the first departure, if any, is the end-of-turn token (``targets[-1]``)."""
+    """Teacher-forced estimate of :func:`greedy_answer`'s verdict (no generation): the tokens up to
+    ``prefix`` are the safe response's, and the first departure, if any, is the end-of-turn token
+    (``targets[-1]``) after at least :data:`MIN_GREEDY_TOKENS` tokens. It misses answers that spell the
+    safe response with other token ids; the verdict comes from the generated text."""
     n = len(targets)
     if prefix >= n:
         return True
@@ -192,10 +210,10 @@ def judge_checks(checks: dict, hp: ValidationSettings) -> list[str]:
         reasons.append(f"not learned: teacher-forced token accuracy {checks['token_accuracy']:.2f} < "
                        f"{hp.min_token_accuracy:.2f} (greedy reproduces {checks['greedy_prefix']} of "
                        f"{checks['safe_tokens']} safe tokens)")
-    elif not checks.get("greedy_ends_in_safe", True):
-        reasons.append(f"not learned: greedy decoding leaves the safe response at token "
-                       f"{checks['greedy_prefix'] + 1} of {checks['safe_tokens']} (token accuracy "
-                       f"{checks['token_accuracy']:.2f}), so the answer may not end")
+    elif not checks.get("greedy_matches_safe", True):
+        how = "does not end" if not checks.get("greedy_ended", True) else "does not open like the safe response"
+        reasons.append(f"not learned: the greedy answer {how} (token accuracy {checks['token_accuracy']:.2f}): "
+                       f"{checks.get('greedy_answer', '')[:80]!r}")
     floor = min(checks["eot_logprob_before"], math.log(hp.eot_min_prob))
     if checks["eot_logprob_after"] < floor:
         reasons.append(f"end of turn lost: log p(end of turn | safe response) {checks['eot_logprob_before']:.2f} "
@@ -215,12 +233,38 @@ def too_far(reasons: list[str]) -> bool:
     return any(r.startswith(TOO_FAR) for r in reasons)
 
 
+def greedy_answer(model, tok, ref: Reference) -> dict:
+    """The greedy answer to the edited input (the edit applied by the caller), at most the safe
+    response's length + :data:`GREEDY_SLACK` tokens, compared with the safe response as *text* (the
+    model may spell the same words with other token ids, which the teacher-forced ``greedy_prefix``
+    counts as a departure). ``greedy_matches_safe``: the answer ended its turn and is the safe response,
+    a prefix of it of at least :data:`MIN_GREEDY_TOKENS` tokens, or an answer that opens with the safe
+    response's first sentence (seen: the edited model drops a middle sentence of the safe response)."""
+    safe = ref.seqs[0]
+    p_ids = safe.ids[: len(safe.ids) - len(safe.targets)]
+    new, ended = greedy_ids(model, tok, p_ids, len(safe.targets) + GREEDY_SLACK, ref.prompt_format)
+    text = " ".join(tok.decode(new, skip_special_tokens=True).split())
+    target = " ".join(tok.decode(safe.targets, skip_special_tokens=True).split())
+    long_enough = len(new) >= min(len(safe.targets) - 1, MIN_GREEDY_TOKENS)
+    prefix = bool(text) and long_enough and target.startswith(text)
+    return {"greedy_answer": text, "greedy_ended": ended,
+            "greedy_matches_safe": bool(ended and (prefix or text.startswith(first_sentence(target))))}
+
+
+def first_sentence(text: str) -> str:
+    """``text`` up to and including its first sentence end (``.``, ``!`` or ``?`` followed by a space
+    or the end); the whole text when it has none."""
+    m = re.search(r"[.!?](?=\s|$)", text)
+    return text[: m.end()] if m else text
+
+
 def check(model, tok, ref: Reference, edit: Edit, hp: ValidationSettings) -> dict:
     """Apply ``edit`` to ``model`` (reverted afterwards, bit-exactly) and return
     ``{"status": "ok"|"failed", "reasons": [...], "checks": {...}}``."""
     with edit.applied_to(model):
         logp = _logprobs(model, ref.seqs, pad_id(tok))
-    checks = measure(ref, logp)
+        greedy = greedy_answer(model, tok, ref)
+    checks = {**measure(ref, logp), **greedy}
     reasons = judge_checks(checks, hp)
     return {"status": "failed" if reasons else "ok", "reasons": reasons, "checks": checks}
 

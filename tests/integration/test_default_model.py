@@ -49,6 +49,10 @@ def test_one_edit_turns_the_jailbreak_answer_into_a_refusal(edited):
     assert not REFUSAL.search(pre), f"vanilla model already refuses: {pre!r}"
     assert REFUSAL.search(post), f"edited model does not refuse: {post!r}"
     assert edit.meta["losses"][-1]["loss"] < edit.meta["losses"][0]["loss"]
+    v = edit.meta["validation"]
+    assert v["status"] == "ok", v["reasons"]
+    assert v["checks"]["greedy_matches_safe"] and v["checks"]["greedy_ended"]
+    assert v["checks"]["eot_logprob_after"] > v["checks"]["eot_logprob_before"]
 
 
 def test_revert_restores_the_vanilla_response_exactly(default_model, edited):
