@@ -1,4 +1,4 @@
-"""``detoxedit demo``: the main job on the embedded default, end to end, in about fifteen minutes on 2 CPU cores.
+"""``detoxedit demo``: the main job on the embedded default, end to end, in about 20-25 minutes on 2 CPU cores.
 
 Embedded SmolLM2-135M-Instruct, the built-in benchmark's test split (a subset: the first
 ``--per-category`` cases of each of the 9 categories), DINM with the built-in config, the offline
