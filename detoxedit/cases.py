@@ -8,7 +8,7 @@ This is the one seam between the data package (records) and the methods (``EditC
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from detoxedit.config import RunConfig
 from detoxedit.data.records import is_test_all_record, iter_inputs
@@ -91,7 +91,6 @@ def with_unsafe_answer(case: EditCase, model, tok, settings, cache=None, suffix:
     if case.unsafe:
         case.unsafe_source = case.unsafe_source or "record"
         return case
-    from detoxedit.judges.refusal import is_refusal
 
     def answer(prompt: str) -> str:
         if cache is not None:
@@ -105,17 +104,26 @@ def with_unsafe_answer(case: EditCase, model, tok, settings, cache=None, suffix:
         from detoxedit.models.generate import with_suffix
 
         tries.append(("attack+suffix", with_suffix(case.prompt, suffix)))
+    case.unsafe, case.unsafe_source = pick_unsafe(((name, answer(p)) for name, p in tries), case.case_id)
+    return case
+
+
+def pick_unsafe(answers: Iterable[tuple[str, str]], case_id=None) -> tuple[str, str]:
+    """``(text, unsafe_source)``: the first of the ``(input name, answer)`` pairs that is *not* a refusal by
+    the broad detector (:func:`detoxedit.judges.refusal.is_refusal`), as ``generated:<name>``; if all are
+    refusals, the first, as ``refusal-only:<first name>``, with a warning logged. ``answers`` is read
+    lazily, so a generator generates only the answers needed."""
+    from detoxedit.judges.refusal import is_refusal
+
     first = None
-    for name, prompt in tries:
-        text = answer(prompt)
+    names = []
+    for name, text in answers:
+        names.append(name)
         if first is None:
-            first = text
+            first = (name, text)
         if not is_refusal(text):
-            case.unsafe, case.unsafe_source = text, f"generated:{name}"
-            return case
-    case.unsafe, case.unsafe_source = first, "refusal-only:attack"
+            return text, f"generated:{name}"
     logging.getLogger(__name__).warning(
         "case %s: the model refused every input tried (%s), so its first refusal stands in for the unsafe "
-        "answer; the located layer separates two refusals, not safe from unsafe text",
-        case.case_id, ", ".join(n for n, _ in tries))
-    return case
+        "answer; the located layer separates two refusals, not safe from unsafe text", case_id, ", ".join(names))
+    return first[1], f"refusal-only:{first[0]}"

@@ -241,3 +241,8 @@ def test_unsafe_text_says_where_it_came_from():
     assert unsafe_text("here is how", "I can't help with that.") == ("here is how", "given")
     assert unsafe_text(None, "Sure, first you take the wire.")[1] == "generated:attack"
     assert unsafe_text(None, "I'm sorry, but I can't help with that.")[1] == "refusal-only:attack"
+    # as in the bench (cases.pick_unsafe): the suffixed input's compliant answer when the bare one refuses
+    assert unsafe_text(None, "I can't help with that.", "Sure, first you take the wire.") == \
+        ("Sure, first you take the wire.", "generated:attack+suffix")
+    assert unsafe_text(None, "I can't help with that.", "I won't do that.") == \
+        ("I can't help with that.", "refusal-only:attack")

@@ -150,15 +150,16 @@ REFUSAL_NOTE = ("note: the model refused the bare prompt too, so the toxic layer
                 "refusals (give --unsafe to locate against an unsafe answer)")
 
 
-def unsafe_text(given: str | None, answer: str) -> tuple[str, str]:
+def unsafe_text(given: str | None, answer: str, suffixed: str | None = None) -> tuple[str, str]:
     """The unsafe text the edit locates against and where it came from (``EditCase.unsafe_source``):
-    ``given`` (``--unsafe``), ``generated:attack`` (the model's own compliant answer to the bare
-    prompt) or ``refusal-only:attack`` (that answer is a refusal, so both sides are refusals)."""
-    from detoxedit.judges.refusal import is_refusal
+    ``given`` (``--unsafe``), else the model's own answers chosen as the bench does
+    (:func:`detoxedit.cases.pick_unsafe`): ``answer`` to the bare prompt, then ``suffixed`` (to the
+    prompt with the suffix system prompt, when there is one); ``refusal-only:attack`` when both refuse."""
+    from detoxedit.cases import pick_unsafe
 
     if given:
         return given, "given"
-    return answer, "refusal-only:attack" if is_refusal(answer) else "generated:attack"
+    return pick_unsafe([("attack", answer)] + ([("attack+suffix", suffixed)] if suffixed is not None else []))
 
 
 def _num(x, fmt: str = ".3g") -> str:
@@ -266,7 +267,9 @@ def run(args) -> int:
     inputs = [pre_input] if args.unsafe or pre_input == args.prompt else [pre_input, args.prompt]
     outs = generate(model, tok, inputs, settings)
     pre = outs[0]
-    unsafe, unsafe_source = unsafe_text(args.unsafe, outs[-1])
+    # the answer to the suffixed input is ``pre`` under the fair protocol (already generated)
+    unsafe, unsafe_source = unsafe_text(args.unsafe, outs[-1],
+                                        pre if pre_input == post_input != args.prompt else None)
     t_pre = time.perf_counter() - t0
     _show("BEFORE the edit, the model answers:", pre)
     if unsafe_source.startswith("refusal-only"):
