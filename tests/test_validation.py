@@ -253,3 +253,47 @@ def test_edit_command_prints_the_greedy_verdict():
     assert lines[1] == "success: token accuracy 0.98, greedy answer does not end"
     meta["validation"]["checks"].update(greedy_matches_safe=True, greedy_ended=True)
     assert validation_lines(meta)[1].endswith("greedy answer follows the safe response and ends")
+
+
+# --------------------------------------------------------------------------------------------------
+# Harmless locality continuations that keep their end of turn
+# --------------------------------------------------------------------------------------------------
+def test_own_response_with_end_keeps_the_end_of_turn(monkeypatch):
+    """A continuation that ended keeps the end-of-turn id the model produced as its last id; one that
+    ran to the limit is kept whole; one that is only an end of turn is that id."""
+    from detoxedit.methods import machinery
+
+    EOT = 9
+    outs = iter([([5, 6, EOT, 7], [EOT]), ([5, 6, 7], [EOT]), ([EOT, 3], [EOT])])
+    monkeypatch.setattr(machinery, "_greedy", lambda *a, **k: next(outs))
+    assert machinery.own_response_with_end(None, None, [1], 4, "chat") == [5, 6, EOT]
+    assert machinery.own_response_with_end(None, None, [1], 3, "chat") == [5, 6, 7]
+    assert machinery.own_response_with_end(None, None, [1], 2, "chat") == [EOT]
+
+
+def test_dinm_harmless_rows_end_with_the_end_of_turn_when_asked(tiny_tok, monkeypatch):
+    """With ``harmless_end`` the locality rows' targets end with the end-of-turn id (when the unedited
+    model ended); without it they stop before it, as before."""
+    from detoxedit.methods import machinery
+    from detoxedit.models.generate import stop_token_ids
+
+    model = tiny_model("llama")
+    eot = stop_token_ids(tiny_tok, "chat")[0]
+    monkeypatch.setattr(machinery, "_greedy", lambda m, t, p, n, f: ([11, 12, eot, 13][:n], [eot]))
+    validation._PROBE_CACHE.clear()
+    with_end = validation.continuations(model, tiny_tok, hp(), validation.PROBE_IDS[:2], 4, with_end=True)
+    without = validation.continuations(model, tiny_tok, hp(), validation.PROBE_IDS[:2], 4)
+    assert [s.targets for s in with_end] == [[11, 12, eot]] * 2
+    assert [s.targets for s in without] == [[11, 12]] * 2
+    for s in with_end:  # the read positions predict the targets
+        assert [s.ids[p + 1] for p in s.positions] == s.targets
+    validation._PROBE_CACHE.clear()
+
+
+@pytest.mark.parametrize("bad,match", [({"harmless_kl": 17}, "harmless_kl"), ({"harmless_tokens": 0}, "harmless_tokens"),
+                                       ({"harmless_tokens": 300}, "harmless_tokens")])
+def test_harmless_settings_out_of_range_are_refused(bad, match):
+    from detoxedit.errors import DetoxEditError
+
+    with pytest.raises(DetoxEditError, match=match):
+        DINMHyperParams(**bad).validate()

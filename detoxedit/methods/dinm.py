@@ -253,7 +253,8 @@ class DINM:
         t_locate = time.perf_counter() - t0
         w0 = arch.down_proj(model, layer).weight  # range check with a clear message
         name = arch.down_proj_param_name(model, layer)
-        extra = validation.continuations(model, tok, hp, LOCALITY_IDS[: hp.harmless_kl]) if hp.harmless_kl else []
+        extra = (validation.continuations(model, tok, hp, LOCALITY_IDS[: hp.harmless_kl], hp.harmless_tokens,
+                                          with_end=hp.harmless_end) if hp.harmless_kl else [])
         batch = build_batch(tok, case, hp, [(s.ids, len(s.ids) - len(s.targets)) for s in extra])
         tuner = Tuner(model, batch, layer, hp)
         t1 = time.perf_counter()

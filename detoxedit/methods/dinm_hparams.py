@@ -57,6 +57,11 @@ class DINMHyperParams(FormatSettings, ValidationSettings):
     (``dinm.LOCALITY_IDS``, at most 16), each with the unedited model's own 16-token continuation, join
     the KL constraint beside the knowledge pair, so that the edit keeps the model's answers to harmless
     requests (docs/dinm.md, Eq. A2). 0: the paper's L_c on the knowledge pair alone."""
+    harmless_tokens: int = 16
+    """Length (tokens) of the unedited model's own continuation of each harmless locality prompt."""
+    harmless_end: bool = False
+    """Keep the end-of-turn token of a continuation that ended within ``harmless_tokens`` as its last KL
+    position, so that L_c also holds the model's end-of-turn behaviour."""
     harmless_kl_weight: float = 1.0
     """Weight of the harmless locality set's mean KL in L_c (the knowledge pair's has weight 1)."""
     distance: Literal["euclidean", "normalized"] = "euclidean"
@@ -127,6 +132,8 @@ class DINMHyperParams(FormatSettings, ValidationSettings):
             self.fail(source, "target_accuracy must be within (0, 1]")
         if not 0 <= self.harmless_kl <= 16:
             self.fail(source, "harmless_kl must be within 0-16 (built-in harmless prompts in the KL term)")
+        if not 1 <= self.harmless_tokens <= 256:
+            self.fail(source, "harmless_tokens must be within 1-256")
         if self.harmless_kl_weight < 0:
             self.fail(source, "harmless_kl_weight must be >= 0")
         if self.max_steps < 1:

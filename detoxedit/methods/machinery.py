@@ -353,6 +353,14 @@ def own_response(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str
     return cut_response(new, stops) or new[:1]  # a response that is only an end of turn: trace that token
 
 
+def own_response_with_end(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str) -> list[int]:
+    """:func:`own_response`, with the end-of-turn id the model produced kept as the last id when the
+    response ended within ``n_tokens``."""
+    new, stops = _greedy(model, tok, p_ids, n_tokens, prompt_format)
+    cut = cut_response(new, stops)
+    return new[: len(cut) + 1] if len(cut) < len(new) else (cut or new[:1])
+
+
 def greedy_ids(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str) -> tuple[list[int], bool]:
     """``(response ids cut before the end of turn, whether it ended within n_tokens)``, greedy."""
     new, stops = _greedy(model, tok, p_ids, n_tokens, prompt_format)

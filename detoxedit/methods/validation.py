@@ -41,8 +41,8 @@ import torch.nn.functional as F
 
 from detoxedit.methods._hparams import ValidationSettings
 from detoxedit.methods.base import Edit, EditCase
-from detoxedit.methods.machinery import (DEFAULT_KNOWLEDGE, greedy_ids, own_response, prompt_response_ids,
-                                         right_pad)
+from detoxedit.methods.machinery import (DEFAULT_KNOWLEDGE, greedy_ids, own_response, own_response_with_end,
+                                         prompt_response_ids, right_pad)
 from detoxedit.models.generate import pad_id, resolve_format, truncate_left, with_suffix
 
 PROBE_IDS = ("harmless-161", "harmless-162", "harmless-163", "harmless-164", "harmless-165",
@@ -90,21 +90,27 @@ def harmless_prompts(ids: Sequence[str]) -> list[str]:
     return [by_id[i] for i in ids]
 
 
-def continuations(model, tok, hp, ids: Sequence[str], n_tokens: int = PROBE_TOKENS) -> list[_Seq]:
+def continuations(model, tok, hp, ids: Sequence[str], n_tokens: int = PROBE_TOKENS,
+                  with_end: bool = False) -> list[_Seq]:
     """Each harmless prompt ``ids`` (with the suffix system prompt, in the method's format) followed by
     the unedited model's greedy continuation of ``n_tokens``; the read positions are the continuation's.
+    ``with_end``: a continuation that ended within ``n_tokens`` keeps its end-of-turn token as its last
+    target, so a KL on it also holds where the model ends its turn.
     Call it while the model is unedited. Cached per (model object, its first weight's fingerprint,
     format, prompts), so a run generates them once."""
     from detoxedit.methods.base import param_fingerprint
 
     fmt = resolve_format(tok, hp.prompt_format)
     key = (id(model), param_fingerprint(next(model.parameters())), fmt, hp.suffix_system_prompt,
-           hp.max_length, tuple(ids), n_tokens)
+           hp.max_length, tuple(ids), n_tokens, with_end)
     if key not in _PROBE_CACHE:
         seqs = []
         for prompt in harmless_prompts(ids):
             p_ids = truncate_left(tok, with_suffix(prompt, hp.suffix_system_prompt), hp.max_length - n_tokens, fmt)
-            r_ids = own_response(model, tok, p_ids, n_tokens, fmt)
+            if with_end:
+                r_ids = own_response_with_end(model, tok, p_ids, n_tokens, fmt)
+            else:
+                r_ids = own_response(model, tok, p_ids, n_tokens, fmt)
             ids_ = p_ids + r_ids
             seqs.append(_Seq(ids_, list(range(len(p_ids) - 1, len(ids_) - 1)), ids_[len(p_ids):]))
         if len(_PROBE_CACHE) > 8:  # a few models and settings at a time
