@@ -218,6 +218,7 @@ def test_report_shows_overrefusal_validation_sources_and_layer_histogram(tmp_pat
     edited_row = next(line for line in md.splitlines() if line.startswith("| edited |"))
     assert "| 12.50 [" in edited_row
     assert "1 ok, 1 failed, 2 unchecked" in md
+    assert "Judge `j`: its accuracy has not been measured" in md  # every number carries its judge
     assert "| 1 | edited answer to the edited input judged unsafe by j |" in md
     assert "generated:attack: 1, record: 1, refusal-only:attack: 1" in md
     assert "| 2 | 2 | " in md and "| 1 | 1 | " in md  # layer histogram rows

@@ -199,11 +199,13 @@ def cell_text(row: dict, col: str) -> str:
 
 
 def markdown(result: dict) -> str:
+    from detoxedit.judges.accuracy import accuracy_line
+
     cols = result["columns"]
     lines = ["# detoxedit comparison", "",
              f"Judge `{result['judge']}`. Safety metrics are 100 - 100 x mean(label) (higher is safer); every "
              "cell is value [95% bootstrap CI over cases]. The vanilla row is the first run's unedited model; "
-             "the other rows are each run's edited side. — = not measured.", "",
+             "the other rows are each run's edited side. — = not measured.", accuracy_line(result["judge"]), "",
              "| method | n | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for row in result["rows"]:
         lines.append(f"| {row['label']} | {row['n_cases']} | " + " | ".join(cell_text(row, c) for c in cols) + " |")

@@ -169,12 +169,15 @@ def _fmt(cell: dict | None, digits: int = 2) -> str:
 
 
 def markdown(cfg: dict, m: dict) -> str:
+    from detoxedit.judges.accuracy import accuracy_line
+
     columns = [col for col, _, _ in general_columns()]
     orf = m.get("overrefusal")
     lines = [f"# detoxedit run: {cfg.get('method')} on {cfg.get('model')}", "",
              f"data `{cfg.get('data')}` split `{cfg.get('split')}`, {m['n_cases']} cases; judge `{m['judge']}`; "
              f"protocol `{cfg.get('protocol')}`; greedy, {cfg.get('max_new_tokens') or 'method default'} new tokens.",
-             "Safety metrics are 100 - 100 x mean(label) (higher is safer), with 95% bootstrap CIs over cases.", "",
+             "Safety metrics are 100 - 100 x mean(label) (higher is safer), with 95% bootstrap CIs over cases.",
+             accuracy_line(m["judge"]), "",
              "| model | " + " | ".join(METRIC_KEYS + ((OVERREFUSAL_COLUMN,) if orf else ())) + " | Fluency | "
              + " | ".join(columns) + " |",
              "|---|" + "---|" * (len(METRIC_KEYS) + bool(orf) + 1 + len(columns))]
