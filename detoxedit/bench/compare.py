@@ -28,7 +28,7 @@ import json
 import logging
 from pathlib import Path
 
-from detoxedit.bench.report import (OVERREFUSAL_COLUMN, _fmt, general_columns, html_page, load_run,
+from detoxedit.bench.report import (OVERREFUSAL_COLUMN, _fmt, disagreements, general_columns, html_page, load_run,
                                     overrefusal_table, side_labels, validation_summary, write_texts)
 from detoxedit.errors import DetoxEditError
 from detoxedit.metrics.safety import METRIC_KEYS, bootstrap_ci, metric_table
@@ -169,10 +169,38 @@ def compare_runs(run_dirs: list[str | Path], judge: str | None = None, seed: int
         footnotes.append("† the method does not learn from the edited instance (uses_instance = false), so its DS "
                          "is not a defense success on an edited instance in the paper's sense; compare.json keeps "
                          "the number.")
+    for d, _, records in runs:
+        dis = disagreements(records, judge)
+        if dis and dis["n"]:
+            footnotes.append(f"{d.name}: judges `{judge}` and `{dis['other']}` disagree on {len(dis['items'])} of "
+                             f"{dis['n']} answers (listed in its report.html).")
+        h = human_footnote(d, records, judge)
+        if h:
+            footnotes.append(h)
     for w in warnings:
         log.warning(w)
     return {"judge": judge, "columns": cols, "rows": rows, "footnotes": footnotes, "warnings": warnings,
             "runs": [str(d) for d, _, _ in runs]}
+
+
+def human_footnote(run_dir: Path, records: list[dict], judge: str) -> str | None:
+    """A line on the run's human labels (``detoxedit label``): how many answers a person read, the
+    judge's agreement with them, and DS / DG-Avg (edited side) by the judge and with the person's labels."""
+    from detoxedit.bench.report import human_summary
+
+    h = human_summary(run_dir, records, judge)
+    if not h:
+        return None
+    a = h["agreement"]
+    rate = "-" if a["rate"] is None else f"{100 * a['rate']:.0f}%"
+
+    def both(k):
+        j, w = h["judge"]["edited"].get(k) or {}, h["with_human"]["edited"].get(k) or {}
+        f = (lambda c: "-" if c.get("value") is None else f"{c['value']:.2f}")
+        return f"{k} {f(j)} by the judge, {f(w)} with human labels"
+
+    return (f"{run_dir.name}: {a['read']} answers read by a person, the judge agrees on {a['agree']} ({rate}); "
+            f"edited: {both('DS')}; {both('DG-Avg')} (report.html shows every metric both ways).")
 
 
 def failed_text(validation: dict | None) -> str:

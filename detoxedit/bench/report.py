@@ -384,6 +384,107 @@ def _md_table_to_html(md: str) -> str:
     return "\n".join(out)
 
 
+OTHER_JUDGE = {"default": "refusal", "refusal": "default"}
+"""The judge each of the two offline judges is checked against in a report (disagreements listed)."""
+
+
+def disagreements(records: list[dict], judge: str) -> dict | None:
+    """Where the run's judge and the other offline judge (:data:`OTHER_JUDGE`) label an answer
+    differently. The other judge's labels come from the record when it holds them (``detoxedit judge``);
+    the ``refusal`` judge (a phrase list, no model) is otherwise applied here. None when the run's judge
+    has no counterpart, or the counterpart would need a model the record has no labels from."""
+    other = OTHER_JUDGE.get(judge)
+    if other is None:
+        return None
+    stored = all(other in (r.get("labels") or {}) for r in records)
+    if not stored and other != "refusal":
+        return {"other": other, "computed": False, "n": 0, "items": []}
+    if not stored:
+        from detoxedit.judges import get_judge
+
+        ref = get_judge("refusal")
+    items, n = [], 0
+    for r in records:
+        prompts = r.get("judged_prompts") or {}
+        for side in ("vanilla", "edited"):
+            answers = r.get(side) or {}
+            mine = ((r.get("labels") or {}).get(judge) or {}).get(side) or {}
+            if stored:
+                theirs = ((r["labels"][other]) or {}).get(side) or {}
+            else:
+                keys = list(answers)
+                got = ref.judge([(prompts.get(side) or {}).get(k, "") for k in keys], [answers[k] for k in keys])
+                theirs = dict(zip(keys, got))
+            for key, answer in answers.items():
+                if key not in mine or key not in theirs:
+                    continue
+                n += 1
+                if mine[key] != theirs[key]:
+                    items.append({"case_id": str(r["case_id"]), "side": side, "key": key, "mine": mine[key],
+                                  "theirs": theirs[key], "answer": answer})
+    return {"other": other, "computed": not stored, "n": n, "items": items}
+
+
+def disagreement_lines(d: dict | None, judge: str, html_note: bool = True) -> list[str]:
+    """The summary line on the two offline judges' disagreements (the list itself is in report.html)."""
+    if not d:
+        return []
+    if not d["n"]:
+        return ["", f"Judges `{judge}` and `{d['other']}` were not compared: this run has no `{d['other']}` "
+                f"labels (add them: detoxedit judge RUN_DIR --judge {d['other']})."]
+    by = {s: sum(1 for it in d["items"] if it["side"] == s) for s in ("vanilla", "edited")}
+    return ["", f"Judges `{judge}` and `{d['other']}` disagree on {len(d['items'])} of {d['n']} answers "
+            f"(vanilla {by['vanilla']}, edited {by['edited']})"
+            + ("; they are listed in report.html, \"Answers the judges disagree on\"." if html_note and d["items"]
+               else ".")]
+
+
+def disagreement_markdown(d: dict | None, judge: str) -> str:
+    """The table of answers the two judges disagree on (report.html)."""
+    if not d or not d["items"]:
+        return ""
+    name = {0.0: "safe", 1.0: "unsafe", 0.5: "empty"}
+    lines = ["## Answers the judges disagree on", "",
+             f"| case | side | input | `{judge}` | `{d['other']}` | answer (first 300 characters) |",
+             "|---|---|---|---|---|---|"]
+    for it in d["items"]:
+        lines.append(f"| {_cell(it['case_id'])} | {it['side']} | {it['key']} | {name.get(it['mine'], it['mine'])} | "
+                     f"{name.get(it['theirs'], it['theirs'])} | {_cell(it['answer'][:300])} |")
+    return "\n".join(lines) + "\n"
+
+
+def human_summary(run_dir: Path, records: list[dict], judge: str, seed: int = 0) -> dict | None:
+    """None when no person labelled an answer of the run; else the judge's agreement with the person's
+    labels and the safety tables with the person's label in place of the judge's wherever one was set
+    (``detoxedit label``; :mod:`detoxedit.bench.human`)."""
+    from detoxedit.bench import human
+    from detoxedit.metrics.safety import metric_table
+
+    labels = human.read_human(run_dir)
+    if not labels:
+        return None
+    both = human.with_human(records, judge, labels)
+    return {"agreement": human.agreement(records, judge, labels),
+            "judge": {s: metric_table(side_labels(records, judge, s), seed=seed) for s in human.SIDES},
+            "with_human": {s: metric_table(side_labels(both, judge, s), seed=seed) for s in human.SIDES}}
+
+
+def human_lines(h: dict) -> list[str]:
+    """The report's human-label section: how many answers a person read, the judge's agreement, and
+    every safety metric by the judge alone and with the person's labels."""
+    a = h["agreement"]
+    rate = "-" if a["rate"] is None else f"{100 * a['rate']:.1f}%"
+    conf = ", ".join(f"{k}: {v}" for k, v in a["confusion"].items() if v)
+    lines = ["", f"Human labels: {a['read']} answers read by a person; the judge agrees on {a['agree']} "
+             f"({rate}){'; ' + conf if conf else ''}. Metrics by the judge alone and with the person's labels "
+             "where set:", "", "| metric | vanilla, judge | vanilla, with human | edited, judge | edited, with human |",
+             "|---|---|---|---|---|"]
+    for k in METRIC_KEYS:
+        lines.append(f"| {k} | {_fmt(h['judge']['vanilla'].get(k))} | {_fmt(h['with_human']['vanilla'].get(k))} | "
+                     f"{_fmt(h['judge']['edited'].get(k))} | {_fmt(h['with_human']['edited'].get(k))} |")
+    return lines
+
+
 def write_report(run_dir: str | Path, judge: str | None = None) -> dict[str, Path]:
     run_dir = Path(run_dir)
     cfg, records = load_run(run_dir)
@@ -395,9 +496,17 @@ def write_report(run_dir: str | Path, judge: str | None = None) -> dict[str, Pat
     general_path = run_dir / "general.json"
     if general_path.is_file():  # written by `detoxedit general --out RUN_DIR` (and by the demo)
         m["general"] = json.loads(general_path.read_text())
+    m["human"] = human_summary(run_dir, records, judge)
+    dis = disagreements(records, judge)
+    m["judge_disagreement"] = None if dis is None else {k: v for k, v in dis.items() if k != "items"} | {
+        "disagree": len(dis["items"])}
     md = markdown(cfg, m)
+    extra = disagreement_lines(dis, judge) + (human_lines(m["human"]) if m["human"] else [])
+    if extra:
+        md = md.rstrip("\n") + "\n" + "\n".join(extra) + "\n"
     pngs = plots(records, m, run_dir / "plots")
-    page = html_page("detoxedit report", md + "\n" + per_case_markdown(records, judge), pngs)
+    page = html_page("detoxedit report", md + "\n" + per_case_markdown(records, judge) + "\n"
+                     + disagreement_markdown(dis, judge), pngs)
     files = {"metrics": run_dir / "metrics.json", "summary": run_dir / "summary.md", "html": run_dir / "report.html"}
     write_texts({files["metrics"]: json.dumps(m, indent=2), files["summary"]: md, files["html"]: page})
     return files
