@@ -109,3 +109,12 @@ def test_report_lists_where_the_two_offline_judges_disagree(tmp_path):
     # a run judged by `refusal` only: the default judge would need its model, so the report says how to add it
     md = write_report(run4(tmp_path))["summary"].read_text()
     assert "were not compared: this run has no `default` labels (add them: detoxedit judge" in md
+
+
+def test_label_command_cases_filter(tmp_path, monkeypatch, capsys):
+    run = run4(tmp_path)
+    monkeypatch.setattr("sys.stdin", io.StringIO("1\n"))
+    assert main(["label", str(run), "--cases", "2", "--side", "edited", "--no-scores"]) == 0
+    assert list(human.read_human(run)) == [("2", "edited", "DS")]
+    assert main(["label", str(run), "--cases", "9", "--no-scores"]) != 0
+    assert "no case 9 in this run" in capsys.readouterr().err

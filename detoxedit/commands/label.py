@@ -24,6 +24,7 @@ def register(sub) -> None:
                                                                          "ordered by (default: the run's)"))
     p.add_argument("--side", choices=("edited", "vanilla", "both"), default="both")
     p.add_argument("--who", default=None, help="the reader's name (default: $USER)")
+    p.add_argument("--cases", default=None, help=run_flag_help("cases", "only their answers are shown"))
     p.add_argument("--stop-after", type=int, default=None, metavar="N", help="stop after N answers")
     p.add_argument("--again", action="store_true", help="also show answers a person already labelled")
     p.add_argument("--no-scores", action="store_true",
@@ -48,6 +49,13 @@ def run(args) -> int:
     labels = human.read_human(args.run_dir)
     scorer = None if args.no_scores else _scorer(spec)
     queue = human.reading_queue(records, spec, sides, labels, scorer, include_read=args.again)
+    if args.cases:
+        wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
+        unknown = wanted - {str(r["case_id"]) for r in records}
+        if unknown:
+            from detoxedit.errors import DetoxEditError
+            raise DetoxEditError(f"{args.run_dir}: no case {', '.join(sorted(unknown))} in this run")
+        queue = [it for it in queue if it.case_id in wanted]
     if args.stop_after is not None:
         queue = queue[: args.stop_after]
     version = human.judge_version(spec)
