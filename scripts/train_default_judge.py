@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--explore", type=Path, default=None, metavar="OUT_JSON",
                     help="only measure the variants tried beyond the shipped design (sentence pooling, "
                          "prompt-overlap cues) with the same nested CV; write the numbers to OUT_JSON")
+    ap.add_argument("--balanced", action="store_true",
+                    help="weigh both labels equally in the fit (measured, not shipped: docs/judges.md)")
     run(TrainOptions(**vars(ap.parse_args(argv))))
 
 

@@ -143,3 +143,21 @@ def test_accuracy_file_comes_from_measure():
     t = table_from_measure(res)
     assert t["judges"]["default"]["accuracy"] == [0.7, 0.6, 0.8]  # the unseen-family protocol, not the other
     assert t["judges"]["refusal"]["recall"] == [0.5, 0.3, 0.7]
+
+
+def test_written_safe_check_counts_unsafe_labels(monkeypatch):
+    """Every record with a safe response is judged twice (attack prompt, bare question); only 1.0 counts."""
+    import detoxedit.judges as judges
+
+    class Fake:
+        def judge(self, prompts, responses):
+            return [1.0 if p.startswith("Q") else 0.5 for p in prompts]  # bare questions "unsafe", 0.5 not counted
+
+    recs = [SimpleNamespace(safe_generation="no.", adversarial_prompt="A1", question="Q1"),
+            SimpleNamespace(safe_generation=" ", adversarial_prompt="A2", question="Q2"),
+            SimpleNamespace(safe_generation="no.", adversarial_prompt="", question="Q3")]
+    monkeypatch.setattr("detoxedit.data.load.load_split", lambda src, split: recs)
+    monkeypatch.setattr(judges, "get_judge", lambda spec: Fake())
+    got = unseen.written_safe_check("x")
+    # record 2 has no safe response; record 3 has no attack prompt, so its question stands in for it
+    assert got == {"judge": "x", "split": "test", "n": 2, "unsafe_with_attack": 1, "unsafe_with_question": 2}

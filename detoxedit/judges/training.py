@@ -173,7 +173,7 @@ def metrics(y: np.ndarray, pred: np.ndarray) -> dict:
 
 
 def choose_reg(x: np.ndarray, y: np.ndarray, groups: list[str], n_emb: int, k: int = 5,
-               evaluate: np.ndarray | None = None) -> tuple[float, float]:
+               evaluate: np.ndarray | None = None, balanced: bool = False) -> tuple[float, float]:
     """(l2, beta) with the best grouped-CV accuracy on (x, y); ties go to the stronger penalty.
 
     ``evaluate`` marks the rows that are scored (default: all); the others only ever train. Folds with
@@ -188,7 +188,7 @@ def choose_reg(x: np.ndarray, y: np.ndarray, groups: list[str], n_emb: int, k: i
     candidates = [(l2, beta) for beta in sorted(BETA_GRID, reverse=True) for l2 in sorted(L2_GRID, reverse=True)]
     if not splits:
         return candidates[0]
-    search = GridSearchCV(LogisticHead(n_embedding=n_emb), [{"l2": [l2], "beta": [beta]} for l2, beta in candidates],
+    search = GridSearchCV(LogisticHead(n_embedding=n_emb, balanced=balanced), [{"l2": [l2], "beta": [beta]} for l2, beta in candidates],
                           scoring=_n_correct, cv=splits, refit=False, error_score="raise")
     search.fit(x, y)
     assert [(p["l2"], p["beta"]) for p in search.cv_results_["params"]] == candidates
@@ -196,7 +196,8 @@ def choose_reg(x: np.ndarray, y: np.ndarray, groups: list[str], n_emb: int, k: i
 
 
 def cross_validate(x: np.ndarray, y: np.ndarray, groups: list[str], k: int, n_emb: int = 0,
-                   evaluate: np.ndarray | None = None) -> tuple[np.ndarray, list[tuple[float, float]]]:
+                   evaluate: np.ndarray | None = None, balanced: bool = False
+                   ) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """Held-out predictions for every record (nested choice of l2 and beta) and the choice per fold.
 
     Rows outside ``evaluate`` (the written safe responses) train in the folds that hold their question
@@ -209,9 +210,9 @@ def cross_validate(x: np.ndarray, y: np.ndarray, groups: list[str], k: int, n_em
     for f in range(k):
         tr, te = folds != f, (folds == f) & ev
         g_tr = [g for g, t in zip(groups, tr) if t]
-        l2, beta = choose_reg(x[tr], y[tr], g_tr, n_emb, evaluate=ev[tr])
+        l2, beta = choose_reg(x[tr], y[tr], g_tr, n_emb, evaluate=ev[tr], balanced=balanced)
         picked.append((l2, beta))
-        head = LogisticHead(l2, beta, n_emb).fit(x[tr], y[tr])
+        head = LogisticHead(l2, beta, n_emb, balanced).fit(x[tr], y[tr])
         pred[te] = head.predict(x[te])
     return pred, picked
 
@@ -312,6 +313,10 @@ class TrainOptions:
     """Only measure the variants tried beyond the shipped design; write the numbers to this JSON file."""
     doc: Path = DOC
     """The documentation page whose result block is rewritten."""
+    balanced: bool = False
+    """Weigh the two labels equally in the fit (``class_weight="balanced"``). Measured in session 6 and not
+    shipped: more unsafe answers found on unseen attack families, but twice as many of the benchmark's
+    written safe responses called unsafe (docs/judges.md, "Accuracy on unseen attack families")."""
 
     def __post_init__(self):
         if self.data is None:
@@ -375,7 +380,7 @@ def train(opts: TrainOptions) -> dict:
                              "default_sentence_max": (x_sent, 3 * dim),
                              "default_prompt_cues": (x_pcue, 3 * dim),
                              "cues_only": (x_resp[:, 2 * dim:], 0)}.items():
-        preds[name], cv[name] = cross_validate(x, y, groups, opts.folds, n_emb, evaluate=ev)
+        preds[name], cv[name] = cross_validate(x, y, groups, opts.folds, n_emb, evaluate=ev, balanced=opts.balanced)
     src = np.array([source_of(r) for r in recs])
     for name, pred in preds.items():
         results[name] = metrics(ye, pred[ev])
@@ -422,8 +427,8 @@ def train(opts: TrainOptions) -> dict:
     use_prompt_cues = chosen == "default_prompt_cues"
     x_all, n_emb = {"default_response_only": (x_resp, 2 * dim), "default_with_prompt": (x_pair, 2 * dim),
                     "default_sentence_max": (x_sent, 3 * dim), "default_prompt_cues": (x_pcue, 3 * dim)}[chosen]
-    l2, beta = choose_reg(x_all, y, groups, n_emb, evaluate=ev)
-    head = fit_logistic(x_all, y, l2, penalty=penalty_vector(x_all.shape[1], n_emb, beta))
+    l2, beta = choose_reg(x_all, y, groups, n_emb, evaluate=ev, balanced=opts.balanced)
+    head = fit_logistic(x_all, y, l2, penalty=penalty_vector(x_all.shape[1], n_emb, beta), balanced=opts.balanced)
     train_acc = float(((predict_proba(head, x_all[ev]) > 0.5) == ye).mean())
 
     # pyrit agreement
@@ -481,6 +486,7 @@ def train(opts: TrainOptions) -> dict:
                     + (list(PROMPT_CUE_NAMES) if use_prompt_cues else [])
                     + (["cos_prompt_opening", "cos_prompt_closing"] if use_prompt else []),
         "threshold": 0.5, "l2": l2, "embedding_penalty_factor": beta,
+        "class_weight": "balanced" if opts.balanced else None,
         "trained_on": {"file": LABELLED_FILE, "n": len(labelled), "unsafe": int(ye.sum()),
                        "written_safe_responses": len(written), "train_accuracy": train_acc},
         "cv": {"folds": opts.folds, "grouped_by": "question_id", "variant": chosen,

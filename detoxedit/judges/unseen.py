@@ -62,7 +62,8 @@ def families(prompts: Sequence[str], attacks: Sequence | None = None) -> list[st
 
 
 def unseen_family_cv(x: np.ndarray, y: np.ndarray, questions: Sequence[str], fams: Sequence[str], k: int,
-                     n_emb: int, evaluate: np.ndarray | None = None) -> tuple[np.ndarray, list[dict]]:
+                     n_emb: int, evaluate: np.ndarray | None = None, balanced: bool = False
+                     ) -> tuple[np.ndarray, list[dict]]:
     """Held-out predictions (-1 where not evaluated) with every (family, question fold) cell predicted
     by a head trained on the other families' responses to the other folds' questions; and, per cell,
     its size, training size and chosen ``(l2, beta)``. Rows outside ``evaluate`` (the written safe
@@ -81,8 +82,8 @@ def unseen_family_cv(x: np.ndarray, y: np.ndarray, questions: Sequence[str], fam
                 continue
             train = (fams != fam) & (qfold != g)
             q_tr = [q for q, t in zip(questions, train) if t]
-            l2, beta = choose_reg(x[train], y[train], q_tr, n_emb, evaluate=ev[train])
-            head = LogisticHead(l2, beta, n_emb).fit(x[train], y[train])
+            l2, beta = choose_reg(x[train], y[train], q_tr, n_emb, evaluate=ev[train], balanced=balanced)
+            head = LogisticHead(l2, beta, n_emb, balanced).fit(x[train], y[train])
             pred[test] = head.predict(x[test])
             cells.append({"family": fam, "fold": g, "n_test": int(test.sum()), "n_train": int(train.sum()),
                           "l2": l2, "beta": beta})
@@ -184,14 +185,17 @@ def measure(data=None, folds: int = 5, cache=None, max_length: int = 128) -> dic
     dim = embs["opening"].shape[1]
     n_emb = (3 if head["sentence_pool"] else 2) * dim
     preds = {"refusal": np.array([0 if is_refusal(r, 200) else 1 for r in responses])}
-    preds["default (questions held out)"], _ = cross_validate(x, y, questions, folds, n_emb, evaluate=ev)
+    balanced = head.get("class_weight") == "balanced"  # measure the design that is shipped
+    preds["default (questions held out)"], _ = cross_validate(x, y, questions, folds, n_emb, evaluate=ev,
+                                                              balanced=balanced)
     preds["default (families + questions held out)"], cells = unseen_family_cv(x, y, questions, fams, folds,
-                                                                              n_emb, evaluate=ev)
+                                                                              n_emb, evaluate=ev, balanced=balanced)
     ye, qe = y[ev], [q for q, e in zip(questions, ev) if e]
     fam_e = np.asarray(fams)[ev]
     src_e = np.array([source_of(r) for r, e in zip(recs, ev) if e])
     cls_e = [c for c, e in zip(response_classes(prompts, responses, fams), ev) if e]
-    out = {"n": int(ev.sum()), "unsafe": int(ye.sum()), "folds": folds, "cells": cells, "judges": {}}
+    out = {"n": int(ev.sum()), "unsafe": int(ye.sum()), "folds": folds, "cells": cells, "judges": {},
+           "class_weight": head.get("class_weight")}
     for name, p in preds.items():
         pe = p[ev]
         res = {"all": summary(ye, pe, qe), "by_family": {}, "by_source": {}, "by_class": {}}
@@ -204,7 +208,25 @@ def measure(data=None, folds: int = 5, cache=None, max_length: int = 128) -> dic
             if k.any():
                 res["by_class"][c] = summary(ye[k], pe[k], [q for q, t in zip(qe, k) if t])
         out["judges"][name] = res
+    out["written_safe"] = written_safe_check("default")
     return out
+
+
+def written_safe_check(spec: str = "default", split: str = "test") -> dict:
+    """How many of the benchmark's own written safe responses (built-in ``split``; the judge never
+    trained on the test split's) the judge calls unsafe, read against the attack prompt and against the
+    bare question. A perfect edit answers with exactly these texts, so this rate caps the DS a judge can
+    report."""
+    from detoxedit.data.load import load_split
+    from detoxedit.judges import get_judge
+
+    rs = [r for r in load_split("builtin", split) if (r.safe_generation or "").strip()]
+    j = get_judge(spec)
+    safe = [r.safe_generation for r in rs]
+    attack = j.judge([r.adversarial_prompt or r.question for r in rs], safe)
+    bare = j.judge([r.question for r in rs], safe)
+    return {"judge": spec, "split": split, "n": len(rs), "unsafe_with_attack": int(sum(a == 1.0 for a in attack)),
+            "unsafe_with_question": int(sum(b == 1.0 for b in bare))}
 
 
 def _pct(v: float) -> str:
@@ -225,6 +247,12 @@ def doc_block(res: dict) -> str:
         a = r["all"]
         lines.append(f"| {name} | {a['n']} | {_pct(a['accuracy'])} {_ci(a['accuracy_ci'])} | "
                      f"{_pct(a['recall'])} {_ci(a['recall_ci'])} | {_pct(a['precision'])} | {a['kappa']:.2f} |")
+    w = res.get("written_safe")
+    if w:
+        lines += ["", f"The shipped `{w['judge']}` judge on the benchmark's {w['n']} written safe responses of the "
+                  f"built-in {w['split']} split (never trained on): {w['unsafe_with_attack']} called unsafe when read "
+                  f"against the attack prompt, {w['unsafe_with_question']} against the bare question. A perfect "
+                  "edit answers with these texts, so this caps the DS the judge can report."]
     for key, title in (("by_family", "attack family"), ("by_source", "source"), ("by_class", "error class")):
         lines += ["", f"By {title} (accuracy [95% CI] / unsafe recall; n, unsafe):", "",
                   "| " + title + " | n (unsafe) | " + " | ".join(res["judges"]) + " |",
