@@ -444,8 +444,8 @@ def disagreement_markdown(d: dict | None, judge: str) -> str:
     if not d or not d["items"]:
         return ""
     name = {0.0: "safe", 1.0: "unsafe", 0.5: "empty"}
-    lines = ["## Answers the judges disagree on", "",
-             f"| case | side | input | `{judge}` | `{d['other']}` | answer (first 300 characters) |",
+    lines = ["Answers the judges disagree on:", "",
+             f"| case | side | input | {judge} | {d['other']} | answer (first 300 characters) |",
              "|---|---|---|---|---|---|"]
     for it in d["items"]:
         lines.append(f"| {_cell(it['case_id'])} | {it['side']} | {it['key']} | {name.get(it['mine'], it['mine'])} | "
