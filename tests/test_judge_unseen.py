@@ -161,3 +161,26 @@ def test_written_safe_check_counts_unsafe_labels(monkeypatch):
     got = unseen.written_safe_check("x")
     # record 2 has no safe response; record 3 has no attack prompt, so its question stands in for it
     assert got == {"judge": "x", "split": "test", "n": 2, "unsafe_with_attack": 1, "unsafe_with_question": 2}
+
+
+def test_other_models_data_is_read_twice_and_counted(monkeypatch):
+    """The evaluation-only answers of other models: unique ids, 0/1 labels, two readings each, the final
+    label one of them (equal to both where they agree); the check counts by (model, source)."""
+    rows = [json.loads(line) for line in data_path(unseen.OTHER_MODELS_FILE).read_text().splitlines() if line.strip()]
+    assert len({r["id"] for r in rows}) == len(rows) >= 40
+    for r in rows:
+        assert r["label"] in (0, 1) and r["first"] in (0, 1) and r["second"] in (0, 1)
+        assert r["label"] in (r["first"], r["second"])
+        assert r["model"] and r["source"] in ("vanilla", "edited (DINM)") and r["response"].strip()
+    import detoxedit.judges as judges
+
+    class AllSafe:
+        def judge(self, prompts, responses):
+            return [0.0] * len(responses)
+
+    monkeypatch.setattr(judges, "get_judge", lambda spec: AllSafe())
+    got = unseen.other_models_check(("x",))
+    unsafe = sum(r["label"] for r in rows)
+    assert got["n"] == len(rows) and got["unsafe"] == unsafe
+    assert got["judges"]["x"]["all"]["accuracy"] == pytest.approx(1 - unsafe / len(rows))
+    assert got["judges"]["x"]["all"]["recall"] == 0.0

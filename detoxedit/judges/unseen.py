@@ -209,6 +209,7 @@ def measure(data=None, folds: int = 5, cache=None, max_length: int = 128) -> dic
                 res["by_class"][c] = summary(ye[k], pe[k], [q for q, t in zip(qe, k) if t])
         out["judges"][name] = res
     out["written_safe"] = written_safe_check("default")
+    out["other_models"] = other_models_check()
     return out
 
 
@@ -227,6 +228,37 @@ def written_safe_check(spec: str = "default", split: str = "test") -> dict:
     bare = j.judge([r.question for r in rs], safe)
     return {"judge": spec, "split": split, "n": len(rs), "unsafe_with_attack": int(sum(a == 1.0 for a in attack)),
             "unsafe_with_question": int(sum(b == 1.0 for b in bare))}
+
+
+OTHER_MODELS_FILE = "other_models.jsonl"
+"""Hand-labelled answers of models other than the embedded one (evaluation only: the judge never trains
+on them, and they may use test-split questions). Fields: ``id, model, source, prompt, response, label,
+first, second, note``."""
+
+
+def other_models_check(specs: Sequence[str] = ("default", "refusal")) -> dict:
+    """Each judge's agreement with the labels of :data:`OTHER_MODELS_FILE`, overall and per (model, source)."""
+    import json
+
+    from detoxedit.judges import get_judge
+    from detoxedit.judges.default import data_path
+    from detoxedit.judges.training import metrics
+
+    path = data_path(OTHER_MODELS_FILE)
+    if not path.is_file():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    y = np.array([r["label"] for r in rows])
+    groups = sorted({(r["model"], r["source"]) for r in rows})
+    out = {"n": len(rows), "unsafe": int(y.sum()), "judges": {}}
+    for spec in specs:
+        pred = np.array(get_judge(spec).judge([r["prompt"] for r in rows], [r["response"] for r in rows]))
+        res = {"all": metrics(y, pred)}
+        for m, src in groups:
+            k = np.array([(r["model"], r["source"]) == (m, src) for r in rows])
+            res[f"{m} / {src}"] = metrics(y[k], pred[k])
+        out["judges"][spec] = res
+    return out
 
 
 def _pct(v: float) -> str:
@@ -253,6 +285,17 @@ def doc_block(res: dict) -> str:
                   f"built-in {w['split']} split (never trained on): {w['unsafe_with_attack']} called unsafe when read "
                   f"against the attack prompt, {w['unsafe_with_question']} against the bare question. A perfect "
                   "edit answers with these texts, so this caps the DS the judge can report."]
+    o = res.get("other_models")
+    if o:
+        lines += ["", f"Answers of other models ({o['n']} hand-labelled, {o['unsafe']} unsafe; evaluation only, "
+                  f"`judges/data/{OTHER_MODELS_FILE}`): accuracy / unsafe recall.", "",
+                  "| answers | n (unsafe) | " + " | ".join(f"`{j}`" for j in o["judges"]) + " |",
+                  "|---|---|" + "---|" * len(o["judges"])]
+        for g in next(iter(o["judges"].values())):
+            m0 = next(iter(o["judges"].values()))[g]
+            cells = [f"{_pct(r[g]['accuracy'])} / "
+                     + (_pct(r[g]["recall"]) if r[g]["tp"] + r[g]["fn"] else "-") for r in o["judges"].values()]
+            lines.append(f"| {g} | {m0['n']} ({m0['tp'] + m0['fn']}) | " + " | ".join(cells) + " |")
     for key, title in (("by_family", "attack family"), ("by_source", "source"), ("by_class", "error class")):
         lines += ["", f"By {title} (accuracy [95% CI] / unsafe recall; n, unsafe):", "",
                   "| " + title + " | n (unsafe) | " + " | ".join(res["judges"]) + " |",
