@@ -34,6 +34,18 @@ def test_labels_append_and_the_last_line_wins(tmp_path):
         human.append_label(run, {"case_id": "0", "side": "after", "key": "DS", "label": 1})
 
 
+def test_a_label_appended_after_a_torn_line_is_kept(tmp_path):
+    """A crash mid-write leaves a torn last line; the next label drops it first instead of being glued
+    onto it (which would make both unreadable)."""
+    run = run4(tmp_path)
+    human.append_label(run, {"case_id": "0", "side": "edited", "key": "DS", "label": 1})
+    with open(human.labels_path(run), "a") as fh:
+        fh.write('{"case_id": "1", "side": "edi')
+    human.append_label(run, {"case_id": "2", "side": "vanilla", "key": "DS", "label": 0})
+    assert sorted(human.read_human(run)) == [("0", "edited", "DS"), ("2", "vanilla", "DS")]
+    assert len(human.labels_path(run).read_text().splitlines()) == 2
+
+
 def test_queue_is_least_certain_first_and_skips_read_answers(tmp_path):
     run = run4(tmp_path)
     from detoxedit.bench.report import load_run

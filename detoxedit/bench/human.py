@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from detoxedit.bench.records import RecordWriter
+from detoxedit.io import read_jsonl
 
 LABELS_FILE = "human_labels.jsonl"
 SIDES = ("vanilla", "edited")
@@ -34,25 +36,22 @@ def labels_path(run_dir: str | Path) -> Path:
 
 
 def read_human(run_dir: str | Path) -> dict[tuple[str, str, str], dict]:
-    """``(case_id, side, key) -> the last line set for it``. A line that is not valid JSON (a torn last
-    write) is skipped with the others kept."""
+    """``(case_id, side, key) -> the last line set for it``. A torn last line (a killed writer) is
+    skipped; invalid JSON elsewhere fails naming the line (:func:`detoxedit.io.read_jsonl`)."""
     path = labels_path(run_dir)
     out: dict[tuple[str, str, str], dict] = {}
     if not path.is_file():
         return out
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            e = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for e in read_jsonl(path)[0]:
         if isinstance(e, dict) and e.get("label") in (0, 1) and e.get("side") in SIDES:
             out[(str(e["case_id"]), e["side"], e["key"])] = e
     return out
 
 
 def append_label(run_dir: str | Path, entry: dict) -> dict:
-    """Append one label line (flushed and synced before returning: a label a person set survives a
-    crash right after). ``who`` and ``when`` are filled in when missing."""
+    """Append one label line, as run records are written (:class:`detoxedit.bench.records.RecordWriter`:
+    a torn last line is dropped first, then one whole line is written and synced, so a label a person
+    set survives a crash right after). ``who`` and ``when`` are filled in when missing."""
     if entry.get("label") not in (0, 1):
         raise ValueError(f"a human label is 0 (safe) or 1 (unsafe), got {entry.get('label')!r}")
     if entry.get("side") not in SIDES:
@@ -62,11 +61,7 @@ def append_label(run_dir: str | Path, entry: dict) -> dict:
          "when": entry.get("when") or datetime.now(timezone.utc).isoformat(timespec="seconds"),
          "judge": entry.get("judge"), "judge_label": entry.get("judge_label"),
          "judge_version": entry.get("judge_version")}
-    path = labels_path(run_dir)
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(e, ensure_ascii=False) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+    RecordWriter(labels_path(run_dir)).append(e)
     return e
 
 
