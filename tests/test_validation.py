@@ -258,7 +258,7 @@ def test_edit_command_prints_the_greedy_verdict():
 # --------------------------------------------------------------------------------------------------
 # Harmless locality continuations that keep their end of turn
 # --------------------------------------------------------------------------------------------------
-def test_own_response_with_end_keeps_the_end_of_turn(monkeypatch):
+def test_own_response_keep_end_keeps_the_end_of_turn(monkeypatch):
     """A continuation that ended keeps the end-of-turn id the model produced as its last id; one that
     ran to the limit is kept whole; one that is only an end of turn is that id."""
     from detoxedit.methods import machinery
@@ -266,9 +266,9 @@ def test_own_response_with_end_keeps_the_end_of_turn(monkeypatch):
     EOT = 9
     outs = iter([([5, 6, EOT, 7], [EOT]), ([5, 6, 7], [EOT]), ([EOT, 3], [EOT])])
     monkeypatch.setattr(machinery, "_greedy", lambda *a, **k: next(outs))
-    assert machinery.own_response_with_end(None, None, [1], 4, "chat") == [5, 6, EOT]
-    assert machinery.own_response_with_end(None, None, [1], 3, "chat") == [5, 6, 7]
-    assert machinery.own_response_with_end(None, None, [1], 2, "chat") == [EOT]
+    assert machinery.own_response(None, None, [1], 4, "chat", keep_end=True) == [5, 6, EOT]
+    assert machinery.own_response(None, None, [1], 3, "chat", keep_end=True) == [5, 6, 7]
+    assert machinery.own_response(None, None, [1], 2, "chat", keep_end=True) == [EOT]
 
 
 def test_dinm_harmless_rows_end_with_the_end_of_turn_when_asked(tiny_tok, monkeypatch):

@@ -46,16 +46,16 @@ def run(args) -> int:
     cfg, records = load_run(args.run_dir)
     spec = args.judge or cfg.get("judge") or "default"
     sides = human.SIDES if args.side == "both" else (args.side,)
-    labels = human.read_human(args.run_dir)
-    scorer = None if args.no_scores else _scorer(spec)
-    queue = human.reading_queue(records, spec, sides, labels, scorer, include_read=args.again)
-    if args.cases:
+    if args.cases:  # before the judge scores anything
         wanted = {c.strip() for c in args.cases.split(",") if c.strip()}
         unknown = wanted - {str(r["case_id"]) for r in records}
         if unknown:
             from detoxedit.errors import DetoxEditError
             raise DetoxEditError(f"{args.run_dir}: no case {', '.join(sorted(unknown))} in this run")
-        queue = [it for it in queue if it.case_id in wanted]
+        records = [r for r in records if str(r["case_id"]) in wanted]
+    labels = human.read_human(args.run_dir)
+    scorer = None if args.no_scores else _scorer(spec)
+    queue = human.reading_queue(records, spec, sides, labels, scorer, include_read=args.again)
     if args.stop_after is not None:
         queue = queue[: args.stop_after]
     version = human.judge_version(spec)

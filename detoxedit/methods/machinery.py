@@ -347,18 +347,16 @@ def _greedy(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str) -> 
     return out[0, len(p_ids):].tolist(), stops
 
 
-def own_response(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str) -> list[int]:
-    """The model's greedy response to ``p_ids`` (at most ``n_tokens`` ids, cut at the end of turn)."""
-    new, stops = _greedy(model, tok, p_ids, n_tokens, prompt_format)
-    return cut_response(new, stops) or new[:1]  # a response that is only an end of turn: trace that token
-
-
-def own_response_with_end(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str) -> list[int]:
-    """:func:`own_response`, with the end-of-turn id the model produced kept as the last id when the
-    response ended within ``n_tokens``."""
+def own_response(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str,
+                 keep_end: bool = False) -> list[int]:
+    """The model's greedy response to ``p_ids`` (at most ``n_tokens`` ids, cut at the end of turn).
+    ``keep_end``: a response that ended within ``n_tokens`` keeps the end-of-turn id it produced as its
+    last id."""
     new, stops = _greedy(model, tok, p_ids, n_tokens, prompt_format)
     cut = cut_response(new, stops)
-    return new[: len(cut) + 1] if len(cut) < len(new) else (cut or new[:1])
+    if keep_end and len(cut) < len(new):
+        return new[: len(cut) + 1]
+    return cut or new[:1]  # a response that is only an end of turn: trace that token
 
 
 def greedy_ids(model, tok, p_ids: list[int], n_tokens: int, prompt_format: str) -> tuple[list[int], bool]:

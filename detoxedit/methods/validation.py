@@ -41,8 +41,8 @@ import torch.nn.functional as F
 
 from detoxedit.methods._hparams import ValidationSettings
 from detoxedit.methods.base import Edit, EditCase
-from detoxedit.methods.machinery import (DEFAULT_KNOWLEDGE, greedy_ids, own_response, own_response_with_end,
-                                         prompt_response_ids, right_pad)
+from detoxedit.methods.machinery import (DEFAULT_KNOWLEDGE, greedy_ids, own_response, prompt_response_ids,
+                                         right_pad)
 from detoxedit.models.generate import pad_id, resolve_format, truncate_left, with_suffix
 
 PROBE_IDS = ("harmless-161", "harmless-162", "harmless-163", "harmless-164", "harmless-165",
@@ -107,10 +107,7 @@ def continuations(model, tok, hp, ids: Sequence[str], n_tokens: int = PROBE_TOKE
         seqs = []
         for prompt in harmless_prompts(ids):
             p_ids = truncate_left(tok, with_suffix(prompt, hp.suffix_system_prompt), hp.max_length - n_tokens, fmt)
-            if with_end:
-                r_ids = own_response_with_end(model, tok, p_ids, n_tokens, fmt)
-            else:
-                r_ids = own_response(model, tok, p_ids, n_tokens, fmt)
+            r_ids = own_response(model, tok, p_ids, n_tokens, fmt, keep_end=with_end)
             ids_ = p_ids + r_ids
             seqs.append(_Seq(ids_, list(range(len(p_ids) - 1, len(ids_) - 1)), ids_[len(p_ids):]))
         if len(_PROBE_CACHE) > 8:  # a few models and settings at a time
