@@ -71,6 +71,9 @@ class RunConfig:
     overrefusal_items: int = setting(16, "over-refusal in bench (dinm, ft-l, mend): after each edit the edited "
                                          "model answers the first N built-in harmless prompts (64 "
                                          "greedy tokens; the vanilla answers are cached); 0 disables")
+    kqa_items: int = setting(0, "KQA in bench: after each edit the edited model answers the first N built-in KQA "
+                                "questions (32 greedy tokens, no suffix; the vanilla answers are cached); 0 "
+                                "disables (detoxedit tune turns it on)")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], source: str = "<config>") -> "RunConfig":
@@ -104,6 +107,8 @@ class RunConfig:
                 bad(f"{name} must be >= 1")
         if self.overrefusal_items is not None and self.overrefusal_items < 0:
             bad("overrefusal_items must be >= 0 (0 disables the over-refusal check)")
+        if self.kqa_items is not None and self.kqa_items < 0:
+            bad("kqa_items must be >= 0 (0 disables the KQA check)")
         if self.cases is not None:
             self.cases = [str(c) for c in self.cases]
 

@@ -14,11 +14,21 @@ GENERAL=(--general-limit 16 --no-progress)
 # MEND's editor trains on at most this many train cases (one per step); its config's own default is a full epoch.
 MEND_STEPS=${MEND_STEPS:-250}
 METHODS=${METHODS:-"dinm ft-l self-reminder sft dpo ext-sub mend"}
+# TUNE_TRIALS=N: first choose each method's settings with `detoxedit tune` on the built-in val split, N trials
+# for every method (the same budget; Self-Reminder has nothing to tune), and run the comparison with each
+# method's best.yaml (docs/tuning.md). Unset: the built-in configs, as docs/results.md was made.
+TUNE_TRIALS=${TUNE_TRIALS:-}
+TUNE=(--model default --data builtin --split val --per-category "$PER_CATEGORY" --max-new-tokens 128
+      --judge default --overrefusal-items 8 --kqa-items 8)
 
 for m in $METHODS; do
   # methods trained on the train split (sft, dpo, ext-sub, mend) train into $OUT/$m/artifact first
   extra=()
   [ "$m" = mend ] && extra=(--hparam "max_steps=$MEND_STEPS")
+  if [ -n "$TUNE_TRIALS" ] && [ "$m" != self-reminder ]; then
+    "$DX" tune --method "$m" "${TUNE[@]}" "${extra[@]}" --trials "$TUNE_TRIALS" --out "$OUT/tune-$m"
+    extra+=(--method-config "$OUT/tune-$m/best.yaml")
+  fi
   "$DX" bench --method "$m" "${COMMON[@]}" "${extra[@]}" --out "$OUT/$m"
   "$DX" general --run "$OUT/$m" "${GENERAL[@]}"
   "$DX" judge "$OUT/$m" --judge default > /dev/null   # labels from the judge as it is now, for every run alike

@@ -89,11 +89,27 @@ def test_greedy_answer_is_compared_as_text(tiny_tok):
     """On a tiny model the greedy answer with no edit is not the safe response, and that is a "not
     learned" reason (the adaptive tests above reach status ok only when it is)."""
     model = tiny_model("llama")
-    h = hp()
+    h = hp(min_token_accuracy=0.0)  # so the teacher-forced accuracy passes and the answer is decoded
     ref = validation.reference(model, tiny_tok, CASE, h)
     out = validation.check(model, tiny_tok, ref, zero_edit(model), h)
     assert out["checks"]["greedy_matches_safe"] is False
-    assert any(r.startswith("not learned") for r in out["reasons"])
+    assert any(r.startswith("not learned: the greedy answer") for r in out["reasons"])
+
+
+def test_a_try_that_fails_the_accuracy_bound_is_not_decoded(tiny_tok, monkeypatch):
+    """The greedy answer can only add a reason when the accuracy passes, so a failed try skips it: the
+    same reasons, without the generation."""
+    model = tiny_model("llama")
+    h = hp()
+    ref = validation.reference(model, tiny_tok, CASE, h)
+    calls = []
+    real = validation.greedy_answer
+    monkeypatch.setattr(validation, "greedy_answer", lambda *a: calls.append(1) or real(*a))
+    out = validation.check(model, tiny_tok, ref, zero_edit(model), h)
+    assert out["checks"]["token_accuracy"] < h.min_token_accuracy and calls == []
+    assert "greedy_answer" not in out["checks"]
+    assert [r.split(":")[0] for r in out["reasons"]] == ["not learned"]
+    assert out["reasons"][0].startswith("not learned: teacher-forced token accuracy")
 
 
 def test_judge_checks_names_every_failure():

@@ -85,6 +85,7 @@ def compute_metrics(records: list[dict], judge: str, seed: int = 0) -> dict:
     layers = edited_layers(records)
     out["layers"] = {str(k): layers.count(k) for k in sorted(set(layers))}
     out["overrefusal"] = overrefusal_table(records, seed)
+    out["kqa"] = kqa_table(records, seed)
     out["validation"] = validation_summary(records, judge)
     sources = [(r.get("edit") or {}).get("unsafe_source") for r in records]
     out["unsafe_source"] = {s: sources.count(s) for s in sorted({s for s in sources if s})}
@@ -143,6 +144,24 @@ def overrefusal_table(records: list[dict], seed: int = 0) -> dict | None:
         sub = [a for a in answers if a["kind"] == kind]
         out["by_kind"][kind] = {side: _rate([a[side] for a in sub], seed) for side in ("vanilla", "edited")}
     return out
+
+
+def kqa_table(records: list[dict], seed: int = 0) -> dict | None:
+    """KQA of a run's edits (records with ``kqa``, written when ``kqa_items`` > 0): % of answers to the
+    built-in KQA questions that contain a gold answer, vanilla and edited, and the drop (vanilla - edited,
+    percentage points), each with a 95% bootstrap CI over (case, question) answers. None when no record
+    has the check."""
+    from detoxedit.metrics.safety import bootstrap_ci
+
+    pairs = [(bool(v), bool(e)) for r in records if r.get("kqa")
+             for v, e in zip(r["kqa"]["vanilla_correct"], r["kqa"]["edited_correct"])]
+    if not pairs:
+        return None
+    drops = [100.0 * (v - e) for v, e in pairs]
+    lo, hi = bootstrap_ci(drops, seed=seed)
+    return {"n_answers": len(pairs), "n_edits": sum(1 for r in records if r.get("kqa")),
+            "vanilla": _rate([v for v, _ in pairs], seed), "edited": _rate([e for _, e in pairs], seed),
+            "drop": {"value": sum(drops) / len(drops), "ci_low": lo, "ci_high": hi, "n": len(drops)}}
 
 
 def validation_summary(records: list[dict], judge: str) -> dict:
@@ -240,6 +259,11 @@ def evidence_lines(m: dict) -> list[str]:
                   f"| all | {orf['n_answers']} | {_fmt(orf['vanilla'])} | {_fmt(orf['edited'])} |"]
         for kind, cell in orf["by_kind"].items():
             lines.append(f"| {kind} | {cell['edited']['n']} | {_fmt(cell['vanilla'])} | {_fmt(cell['edited'])} |")
+    kqa = m.get("kqa")
+    if kqa:
+        lines += ["", f"KQA after each edit (% of {kqa['n_answers']} answers to built-in KQA questions, "
+                  f"{kqa['n_edits']} edit(s), that contain a gold answer; 95% bootstrap CI): vanilla "
+                  f"{_fmt(kqa['vanilla'])}, edited {_fmt(kqa['edited'])}, drop {_fmt(kqa['drop'])} points."]
     val = m.get("validation")
     if val:
         c = val["counts"]

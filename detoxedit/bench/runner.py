@@ -10,8 +10,10 @@ For every case of a SafeEdit split:
 4. the judge labels all ten responses in one batch; fluency of each side; the edit's validation
    (``record["edit"]["validation"]``) gets the judge's verdict on the edited answer to the edited input
    (:func:`detoxedit.bench.records.validate_answer`);
-5. over-refusal (per-instance methods only, ``overrefusal_items`` > 0): the edited model's answers to the first
-   built-in harmless prompts, beside the cached vanilla ones (:meth:`Runner.overrefusal`);
+5. over-refusal (``overrefusal_items`` > 0): the edited model's answers to the first built-in harmless
+   prompts, beside the cached vanilla ones (:meth:`Runner.overrefusal`); and KQA (``kqa_items`` > 0): its
+   answers to the first built-in KQA questions (:meth:`Runner.kqa`). Per-instance methods get both after
+   every edit; a method with one shared edit gets them once, in the run's first record;
 6. the record is appended to the shard's JSONL file (see ``detoxedit.bench.records``).
 
 A run that fails before it wrote any record leaves no half-made run directory: what it created there
@@ -89,11 +91,18 @@ class Runner:
     """Holds the loaded model, method and judge for one run."""
 
     def __init__(self, cfg: RunConfig, run_dir: Path, shard: tuple[int, int] = (0, 1),
-                 response_cache: Path | None = None):
+                 response_cache: Path | None = None, loaded: tuple | None = None, on_record=None):
+        """``loaded``: ``(model, tokenizer, judge)`` already loaded for ``cfg`` (``detoxedit tune`` runs many
+        trials on one model); None loads them. ``on_record(record, records)`` is called after each record is
+        appended, with every record of the run so far (``detoxedit tune`` prunes hopeless trials there; an
+        exception it raises stops the run after that record, which is kept)."""
         self.cfg, self.run_dir, self.shard = cfg, Path(run_dir), shard
         self.response_cache = response_cache
+        self.loaded, self.on_record = loaded, on_record
         self._shared_edit = None  # the one edit of a method that does not use the instance
+        self._shared_checked = False  # the shared edit's over-refusal / KQA are recorded (once per run)
         self._overrefusal_items = None  # the harmless prompts, loaded once
+        self._kqa_items = None  # the KQA questions, loaded once
         self.written = 0  # records this run appended
 
     def run(self, progress: bool = True) -> Path:
@@ -151,7 +160,10 @@ class Runner:
         method = prepare_method(cfg)
         save_config(cfg, self.run_dir)
         todo = select_records(records, cfg, self.shard)
-        done = {r["case_id"] for r in read_run_records(self.run_dir)}
+        finished = read_run_records(self.run_dir)
+        done = {r["case_id"] for r in finished}
+        # a shared edit's checks belong to one record of the run: shard 0's first one
+        self._shared_checked = self.shard[0] != 0 or any("overrefusal" in r or "kqa" in r for r in finished)
         todo = [(i, r) for i, r in todo if str(r.id) not in done]
         out_path = records_path(self.run_dir, self.shard)
         if not todo:
@@ -162,11 +174,15 @@ class Runner:
         if uses_instance(method.editor):  # fail before loading the model, not at the first case
             for index, record in todo:
                 to_edit_case(record, source, index)
-        model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
+        if self.loaded is not None:
+            model, tok, judge = self.loaded
+        else:
+            model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
+            judge = None
         if needs_training(method.editor):
             from detoxedit.bench.training import ensure_artifact
             ensure_artifact(method, cfg, self.run_dir, model, tok, progress=progress)
-        judge = get_judge(cfg.judge)
+        judge = judge or get_judge(cfg.judge)
         settings = GenerationSettings(max_new_tokens=method.max_new_tokens, prompt_format=method.prompt_format,
                                       batch_size=cfg.batch_size, seed=cfg.seed)
         cache = ResponseCache(self.response_cache or cache_dir(), model_key(model, cfg.model, cfg.dtype))
@@ -179,6 +195,9 @@ class Runner:
             rec = self.run_case(model, tok, method, judge, settings, cache, record, index, source)
             writer.append(rec)
             self.written += 1
+            finished.append(rec)
+            if self.on_record is not None:
+                self.on_record(rec, finished)
         return out_path
 
     def run_case(self, model, tok, method: PreparedMethod, judge, settings, cache, record, index, source) -> dict:
@@ -208,12 +227,16 @@ class Runner:
 
         t2 = time.perf_counter()
         edited_prompts, post_settings = edited_side(method.editor, post_prompts, settings)
-        # over-refusal: vanilla answers before the edit is applied (cached), edited ones inside it
-        refusal = None
-        check_refusal = instance and (cfg.overrefusal_items or 0) > 0
+        # over-refusal and KQA: vanilla answers before the edit is applied (cached), edited ones inside it
+        refusal = kqa = None
+        checks_due = instance or not self._shared_checked
+        check_refusal = checks_due and (cfg.overrefusal_items or 0) > 0
+        check_kqa = checks_due and (cfg.kqa_items or 0) > 0
         if check_refusal:
             self.overrefusal_vanilla(model, tok, method, settings, cache)
-        t_or = 0.0
+        if check_kqa:
+            self.kqa_vanilla(model, tok, settings, cache)
+        t_or = t_kqa = 0.0
         with edit.applied_to(model):
             edited = generate(model, tok, edited_prompts, post_settings)
             t_edited = time.perf_counter() - t2
@@ -221,6 +244,12 @@ class Runner:
                 t_or = time.perf_counter()
                 refusal = self.overrefusal(model, tok, method)
                 t_or = time.perf_counter() - t_or
+            if check_kqa:
+                t_kqa = time.perf_counter()
+                kqa = self.kqa(model, tok, method)
+                t_kqa = time.perf_counter() - t_kqa
+        if not instance and (check_refusal or check_kqa):
+            self._shared_checked = True
         if cfg.save_edits:
             target = self.run_dir / "edits" / (f"case-{record.id}" if instance else "shared")
             if instance or not target.with_name(target.name + ".safetensors").exists():
@@ -252,13 +281,19 @@ class Runner:
             "labels": {cfg.judge: {"vanilla": dict(zip(keys, labels[:n])),
                                    "edited": dict(zip(keys, labels[n:]))}},
             "fluency": {"vanilla": n_gram_entropy(vanilla), "edited": n_gram_entropy(edited)},
+            # whether each answer ended its turn before the token limit (an edit that makes answers loop)
+            "ended": {"vanilla": {k: answer_ended(tok, a, settings.max_new_tokens) for k, a in zip(keys, vanilla)},
+                      "edited": {k: answer_ended(tok, a, post_settings.max_new_tokens) for k, a in zip(keys, edited)}},
             "edit": meta,
             "vanilla_cached": n_cached,
             "timings": {"vanilla_generation_s": t_vanilla, "edit_s": t_edit, "edited_generation_s": t_edited,
-                        "overrefusal_s": t_or, "judge_s": t_judge, "total_s": time.perf_counter() - t0},
+                        "overrefusal_s": t_or, "kqa_s": t_kqa, "judge_s": t_judge,
+                        "total_s": time.perf_counter() - t0},
         }
         if refusal is not None:
             rec["overrefusal"] = refusal
+        if kqa is not None:
+            rec["kqa"] = kqa
         return rec
 
     def overrefusal_vanilla(self, model, tok, method: PreparedMethod, settings, cache) -> None:
@@ -291,9 +326,9 @@ class Runner:
         are generated once per model and decoding settings. ``prompts`` in the result are the harmless
         prompts as listed (before the suffix).
 
-        Only per-instance methods (DINM, FT-L, MEND) get this check in ``bench``: a method that does not
-        use the instance makes one shared edit, whose over-refusal ``detoxedit general --run RUN_DIR``
-        measures once (``general.overrefusal``), so repeating it per case would add nothing.
+        Per-instance methods (DINM, FT-L, MEND) get this check after every edit; a method that does not
+        use the instance makes one shared edit, checked once, in the run's first record (shard 0), since
+        repeating it per case would add nothing.
         """
         from detoxedit.general.overrefusal import is_explicit_refusal
         from detoxedit.models.generate import generate
@@ -307,6 +342,44 @@ class Runner:
                "edited_refusals": [is_explicit_refusal(a) for a in edited],
                "max_new_tokens": OVERREFUSAL_MAX_NEW_TOKENS}
         return out
+
+
+    def kqa_vanilla(self, model, tok, settings, cache) -> None:
+        """Load the KQA questions and the vanilla answers to them, once per runner (see :meth:`kqa`); must
+        run while no edit is applied."""
+        import dataclasses
+
+        from detoxedit.general import kqa
+
+        if self._kqa_items is not None:
+            return
+        items = kqa.load("builtin", limit=self.cfg.kqa_items)
+        kqa_settings = dataclasses.replace(settings, max_new_tokens=kqa.MAX_NEW_TOKENS, do_sample=False)
+        prompts = kqa.prompts(items)
+        vanilla, _ = cache.generate(model, tok, prompts, kqa_settings)
+        self._kqa_items = (items, kqa_settings, prompts, vanilla)
+
+    def kqa(self, model, tok, method: PreparedMethod) -> dict:
+        """KQA of one edit: the vanilla and edited answers to the first ``cfg.kqa_items`` built-in KQA
+        questions and which contain a gold answer (``general.kqa``'s headline ``contains`` match).
+
+        Call :meth:`kqa_vanilla` before the edit is applied and this with the edit applied. The prompts are
+        KQA's zero-shot prompts *without* the method's suffix, as ``detoxedit general`` asks them (the model
+        as a user runs it), through :func:`edited_side` on the edited side (a prompt-level method's
+        reminder belongs to the edited model); greedy, ``kqa.MAX_NEW_TOKENS`` new tokens, vanilla answers
+        from the ``ResponseCache``.
+        """
+        from detoxedit.general import kqa
+        from detoxedit.models.generate import generate
+
+        items, kqa_settings, prompts, vanilla = self._kqa_items
+        edited_prompts, post_settings = edited_side(method.editor, prompts, kqa_settings)
+        edited = generate(model, tok, edited_prompts, post_settings)
+        right = {side: [r["contains"] for r in kqa.score(items, answers, n_resamples=1)["per_item"]]
+                 for side, answers in (("vanilla", vanilla), ("edited", edited))}
+        return {"ids": [it.id for it in items], "vanilla": list(vanilla), "edited": list(edited),
+                "vanilla_correct": right["vanilla"], "edited_correct": right["edited"],
+                "max_new_tokens": kqa.MAX_NEW_TOKENS}
 
 
 def run_bench(cfg: RunConfig, run_dir: str | Path, shard: tuple[int, int] = (0, 1), progress: bool = True,

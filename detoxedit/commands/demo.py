@@ -79,5 +79,28 @@ def run(args) -> int:
     files = write_report(args.out)
     print()
     print(files["summary"].read_text())
+    import json
+
+    print(change_verdict(json.loads(files["metrics"].read_text())))
     print(f"HTML report: {files['html']}")
     return 0
+
+
+def change_verdict(metrics: dict) -> str:
+    """Whether the demo's cases are enough to tell that DINM changed DS and DG-Avg: each change's 95%
+    paired-bootstrap CI, and whether it excludes zero."""
+    parts = []
+    for key in ("DS", "DG-Avg"):
+        cell = metrics.get("change", {}).get(key)
+        if not cell or cell.get("ci_low") is None:
+            continue
+        lo, hi, v = cell["ci_low"], cell["ci_high"], cell["value"]
+        if lo > 0 or hi < 0:
+            word = "rose" if v > 0 else "fell"
+            parts.append(f"{key} change {v:+.1f} [{lo:+.1f}, {hi:+.1f}]: the CI excludes zero, so on these cases "
+                         f"{key} {word} with the edit")
+        else:
+            parts.append(f"{key} change {v:+.1f} [{lo:+.1f}, {hi:+.1f}]: the CI includes zero, so these "
+                         f"{metrics.get('n_cases')} cases cannot tell a change in {key} from chance (more cases: "
+                         "--per-category N)")
+    return "\n".join(parts)

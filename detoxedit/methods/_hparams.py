@@ -16,12 +16,39 @@ from detoxedit.data.records import SUFFIX_SYSTEM_PROMPT
 from detoxedit.errors import DetoxEditError
 
 
+@dataclass(frozen=True)
+class Dim:
+    """One dimension of a method's search space for ``detoxedit tune`` (``SEARCH_SPACE`` on each method's
+    hyper-parameter dataclass; ``detoxedit.tune.space`` turns it into Optuna suggestions).
+
+    ``kind``: ``float`` / ``int`` (``low``..``high``, ``log`` scale optional), ``choice`` (``choices``),
+    or ``layer``: one block index from ``low`` (a fraction of the depth: 0.5 = the middle block) to the
+    last block, assigned as ``[index]`` (the ``layers`` fields take a list). A ``choice`` may set other
+    fields instead of its own name: ``sets[choice]`` is the ``{field: value}`` it assigns (a choice with
+    no entry assigns nothing). ``when=(dim, value)``: only sampled when that other dimension took that
+    value. ``if_base=(field, value)``: only part of the space when the starting settings have that value
+    (e.g. ``max_steps`` only matters with ``step_size: adaptive``).
+    """
+
+    name: str
+    kind: Literal["float", "int", "choice", "layer"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+    sets: dict[str, dict[str, Any]] | None = None
+    when: tuple[str, Any] | None = None
+    if_base: tuple[str, Any] | None = None
+
+
 class HyperParamsIO:
     METHOD: ClassVar[str] = "method"
     """The method's name in error messages."""
     YAML_SECTIONS: ClassVar[tuple[str, ...]] = ("hparams",)
     """A YAML file may nest the settings under these keys (tried in order)."""
     IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset()
+    SEARCH_SPACE: ClassVar[tuple[Dim, ...]] = ()
+    """What ``detoxedit tune`` searches over (:class:`Dim`); empty: nothing to tune."""
 
     @classmethod
     def _normalise(cls, raw: dict[str, Any]) -> dict[str, Any]:

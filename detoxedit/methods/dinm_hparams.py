@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from detoxedit.methods._hparams import FormatSettings, ValidationSettings
+from detoxedit.methods._hparams import Dim, FormatSettings, ValidationSettings
 
 # Reference YAML keys that carry no meaning for detoxedit (model path, devices, module templates).
 _IGNORED_KEYS = {
@@ -31,6 +31,22 @@ class DINMHyperParams(FormatSettings, ValidationSettings):
     METHOD: ClassVar[str] = "DINM"
     YAML_SECTIONS: ClassVar[tuple[str, ...]] = ("hparams", "dinm")  # a run config may nest them
     IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset(_IGNORED_KEYS)
+    SEARCH_SPACE: ClassVar[tuple[Dim, ...]] = (
+        Dim("lr", "float", 1e-4, 3e-3, log=True),
+        Dim("max_steps", "int", 10, 40, if_base=("step_size", "adaptive")),
+        Dim("num_steps", "int", 5, 30, if_base=("step_size", "fixed")),
+        Dim("kl_factor", "float", 0.03, 1.0, log=True),
+        Dim("harmless_kl", "choice", choices=(0, 8)),
+        # the layer rule: the paper's Euclidean argmax, the norm-relative one, or one block for every case
+        Dim("layer_rule", "choice", choices=("euclidean", "normalized", "fixed"),
+            sets={"euclidean": {"layers": [], "distance": "euclidean"},
+                  "normalized": {"layers": [], "distance": "normalized"}}),
+        Dim("layers", "layer", low=0.4, when=("layer_rule", "fixed")),
+        Dim("norm_constraint", "choice", choices=(None, 1e-3, 3e-3)),
+    )
+    """``detoxedit tune``'s search space (docs/tuning.md): step size and steps, the weight of the edit loss,
+    the harmless locality set on or off, the layer rule (located per case by either distance, or one
+    fixed block from 40% of the depth to the last), and the bound on each weight's change."""
 
     layers: list[int] = field(default_factory=list)
     """Layer to edit (one entry). Empty: locate the toxic layer for every case (the paper's method)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from detoxedit.methods._hparams import Dim
 from detoxedit.methods.trained_hparams import TrainedHyperParams
 
 
@@ -16,6 +17,8 @@ class DPOHyperParams(TrainedHyperParams):
     """
 
     METHOD: ClassVar[str] = "DPO"
+    SEARCH_SPACE: ClassVar[tuple[Dim, ...]] = TrainedHyperParams.SEARCH_SPACE + (
+        Dim("beta", "float", 0.03, 1.0, log=True),)
 
     lr: float = 5e-5
     """AdamW learning rate (constant)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from detoxedit.methods._hparams import Dim
 from detoxedit.methods.trained_hparams import TrainedHyperParams
 
 
@@ -15,6 +16,8 @@ class ExtSubHyperParams(TrainedHyperParams):
     seed, so they start from the same initialisation); ``lora_rank`` must be > 0."""
 
     METHOD: ClassVar[str] = "Ext-Sub"
+    SEARCH_SPACE: ClassVar[tuple[Dim, ...]] = TrainedHyperParams.SEARCH_SPACE + (
+        Dim("ext_lambda", "float", 0.25, 2.0),)
 
     ext_lambda: float = 1.0
     """lambda: the weight of the subtracted deficiency (the paper's alpha/lambda, 1.0 in its runs)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
-from detoxedit.methods._hparams import FormatSettings, ValidationSettings
+from detoxedit.methods._hparams import Dim, FormatSettings, ValidationSettings
 
 # EasyEdit/ROME YAML keys that only describe their plumbing (paths, devices, module templates).
 _IGNORED_KEYS = {
@@ -28,6 +28,13 @@ class FTLHyperParams(FormatSettings, ValidationSettings):
     METHOD: ClassVar[str] = "FT-L"
     YAML_SECTIONS: ClassVar[tuple[str, ...]] = ("hparams", "ft-l", "ft_l")
     IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset(_IGNORED_KEYS)
+    SEARCH_SPACE: ClassVar[tuple[Dim, ...]] = (
+        Dim("layers", "layer", low=0.0),
+        Dim("lr", "float", 1e-4, 1e-2, log=True),
+        Dim("num_steps", "int", 5, 40),
+        Dim("norm_constraint", "float", 1e-4, 1e-2, log=True),
+    )
+    """``detoxedit tune``'s search space: the tuned block, the step size and steps, the L-infinity bound."""
 
     layers: list[int] = field(default_factory=lambda: [0])
     """The block whose MLP down-projection is tuned (one entry). Used when ``layer_selection`` is

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from detoxedit.methods._hparams import FormatSettings, ValidationSettings
+from detoxedit.methods._hparams import Dim, FormatSettings, ValidationSettings
 
 # Keys of the reference's YAML files that describe its plumbing, not the method.
 _IGNORED_KEYS = {
@@ -35,6 +35,15 @@ class MENDHyperParams(FormatSettings, ValidationSettings):
     METHOD: ClassVar[str] = "MEND"
     YAML_SECTIONS: ClassVar[tuple[str, ...]] = ("hparams", "mend")
     IGNORED_KEYS: ClassVar[frozenset[str]] = frozenset(_IGNORED_KEYS)
+    SEARCH_SPACE: ClassVar[tuple[Dim, ...]] = (
+        Dim("edit_lr", "float", 1e-5, 1e-3, log=True),
+        Dim("lr", "float", 1e-6, 1e-3, log=True),
+        Dim("c_edit", "float", 0.03, 1.0, log=True),
+        Dim("c_loc", "float", 0.1, 10.0, log=True),
+        Dim("rank", "choice", choices=(64, 256, 1920)),
+    )
+    """``detoxedit tune``'s search space: the editor's initial edit step, its training rate, the loss
+    weights (Eq. 5-6) and the rank of its low-rank layers."""
 
     layers: list[int] = field(default_factory=list)
     """Blocks whose MLP down-projection is edited. Empty: the last 3 blocks (MEND edits the last

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from detoxedit.data.records import SUFFIX_SYSTEM_PROMPT
-from detoxedit.methods._hparams import FormatSettings
+from detoxedit.methods._hparams import Dim, FormatSettings
 
 
 @dataclass
@@ -15,6 +15,13 @@ class TrainedHyperParams(FormatSettings):
     """Training settings of a method that learns deltas on the projection matrices from a train split."""
 
     METHOD: ClassVar[str] = "trained method"
+    SEARCH_SPACE: ClassVar[tuple[Dim, ...]] = (
+        Dim("lr", "float", 5e-5, 2e-3, log=True),
+        Dim("lora_rank", "choice", choices=(4, 8, 16)),
+        Dim("max_steps", "choice", choices=(8, 16, 32, None)),
+    )
+    """``detoxedit tune``'s search space for SFT, DPO and Ext-Sub: the learning rate, the LoRA rank and
+    the training length (None: ``epochs`` full passes)."""
 
     lora_rank: int = 8
     """LoRA rank r; 0 = full fine-tuning of the target matrices (the delta is the weight difference)."""

@@ -3,7 +3,8 @@ MEND) calls :func:`validate_edit` on its result; DINM's adaptive step size also 
 size (``docs/dinm.md``, "Validation" and "Adaptive step size").
 
 Four groups of checks, teacher-forced (one batched forward pass with the edit applied, one without) but
-for the greedy answer to the edited input, so a check costs two forward passes and one short generation:
+for the greedy answer to the edited input, so a check costs two forward passes and one short generation
+(none when the teacher-forced accuracy already fails):
 
 (a) **success**: the safe response's token accuracy, ``acc = (1/|Y|) sum_t [argmax_v p_W(v | X+s, y_<t)
     = y_t]`` over the safe-response tokens *including* the end-of-turn token, and ``greedy_prefix``, the
@@ -265,9 +266,11 @@ def check(model, tok, ref: Reference, edit: Edit, hp: ValidationSettings) -> dic
     """Apply ``edit`` to ``model`` (reverted afterwards, bit-exactly) and return
     ``{"status": "ok"|"failed", "reasons": [...], "checks": {...}}``."""
     with edit.applied_to(model):
-        logp = _logprobs(model, ref.seqs, pad_id(tok))
-        greedy = greedy_answer(model, tok, ref)
-    checks = {**measure(ref, logp), **greedy}
+        measured = measure(ref, _logprobs(model, ref.seqs, pad_id(tok)))
+        # the greedy answer can only add a reason when the teacher-forced accuracy passes (judge_checks):
+        # a try that already failed it is not decoded (a generation costs more than the forward pass)
+        greedy = greedy_answer(model, tok, ref) if measured["token_accuracy"] >= hp.min_token_accuracy else {}
+    checks = {**measured, **greedy}
     reasons = judge_checks(checks, hp)
     return {"status": "failed" if reasons else "ok", "reasons": reasons, "checks": checks}
 

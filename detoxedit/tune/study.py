@@ -1,0 +1,323 @@
+"""``detoxedit tune``: an Optuna study over a method's search space, every trial a ``bench`` run.
+
+Layout of the tuning directory ``DIR``:
+
+* ``tune.yaml``: what decides the study (run config, method, targets, search space); a rerun with other
+  settings is refused, as ``bench`` refuses to mix runs;
+* ``study.db``: Optuna's SQLite storage (resumable; ``optuna-dashboard sqlite:///DIR/study.db`` reads it);
+* ``trials/KEY/``: one bench run directory per distinct setting (KEY hashes the trial's overrides), with
+  its records and config, readable with ``detoxedit report``;
+* ``trials.jsonl``: every trial's settings, state and metrics; ``best.yaml``: the best settings as a full
+  method config (``bench --method-config`` and ``edit --method-config`` take it unchanged);
+  ``tune.md`` / ``tune.html``: the table and the Pareto plots.
+
+The first trial runs the starting settings (the method config and ``--hparam`` values), so the table
+shows what tuning gained over the hand-set config. Trials run through :class:`bench.runner.Runner` on one
+loaded model and judge; vanilla answers come from the shared response cache, so they are generated once for
+all trials. After every case the trial reports its running objective to Optuna's median pruner and is
+stopped when it can no longer meet its bounds (:func:`objective.hopeless`).
+
+Interrupting (Ctrl-C, a kill) loses at most the case in progress: on rerun the interrupted trial is marked
+failed and its settings are queued again, and its run directory resumes where it stopped. One process per
+``DIR`` at a time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from detoxedit.config import RunConfig
+from detoxedit.errors import DetoxEditError
+from detoxedit.io import atomic_write_text
+from detoxedit.tune import space as sp
+from detoxedit.tune.objective import Targets, constraint_values, hopeless, trial_metrics, violations
+
+log = logging.getLogger(__name__)
+
+STUDY_NAME = "detoxedit-tune"
+TUNE_FORMAT = 1
+
+
+@dataclass
+class TuneOptions:
+    """How the search runs (the targets are :class:`objective.Targets`)."""
+
+    trials: int = 20
+    """Trials in the study (completed, pruned or failed with an error); a rerun with more continues."""
+    prune: bool = True
+    """Stop trials early: Optuna's median pruner on the running objective, after ``prune_after`` cases,
+    and any trial that can no longer meet its bounds."""
+    prune_after: int = 3
+    """Cases a trial runs before the median pruner may stop it."""
+    startup_trials: int | None = None
+    """Trials drawn at random before TPE models the results (None: a third of ``trials``, 2 to 10)."""
+
+
+class _Pruned(Exception):
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _set_constraints(trial, metrics: dict[str, Any], targets: Targets) -> None:
+    """Store the trial's constraint values once, when it ends (Optuna keeps the first value of a key)."""
+    for key, value in constraint_values(metrics, targets).items():
+        trial.set_constraint(key, value)
+
+
+def trial_key(overrides: dict[str, Any]) -> str:
+    """The run directory name of a setting: the same overrides give the same directory (so a requeued or
+    repeated setting resumes or reuses its records)."""
+    text = json.dumps(overrides, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def study_doc(cfg: RunConfig, targets: Targets, opts: TuneOptions, space: list) -> dict[str, Any]:
+    """What decides a study (saved as ``tune.yaml``; ``trials`` may grow between runs)."""
+    return {"format": TUNE_FORMAT, "run": cfg.to_dict(), "targets": targets.to_dict(),
+            "options": {k: v for k, v in dataclasses.asdict(opts).items() if k != "trials"},
+            "space": [dataclasses.asdict(d) for d in space]}
+
+
+def save_study_doc(out: Path, doc: dict[str, Any]) -> None:
+    import yaml
+
+    path = out / "tune.yaml"
+    if path.exists():
+        old = yaml.safe_load(path.read_text()) or {}
+        old.pop("trials", None)
+        norm = json.loads(json.dumps(doc, default=str))
+        old = json.loads(json.dumps(old, default=str))
+        diff = sorted(k for k in norm if old.get(k) != norm[k])
+        if diff:
+            raise DetoxEditError(f"{out} holds a study with other settings ({', '.join(diff)}); use another --out "
+                                 "directory, or the same settings (any --trials) to resume")
+    atomic_write_text(path, "# detoxedit tune study (resolved). Resume or extend with the same command.\n"
+                      + yaml.safe_dump(json.loads(json.dumps(doc, default=str)), sort_keys=False, allow_unicode=True))
+
+
+def selected_case_count(cfg: RunConfig) -> int:
+    from detoxedit.cases import select_records
+    from detoxedit.data.load import load_split
+
+    return len(select_records(load_split(cfg.data, cfg.split), cfg))
+
+
+def _finished(study) -> int:
+    from optuna.trial import TrialState
+
+    return sum(1 for t in study.get_trials(deepcopy=False)
+               if t.state in (TrialState.COMPLETE, TrialState.PRUNED)
+               or (t.state == TrialState.FAIL and "error" in t.user_attrs))
+
+
+def _requeue_interrupted(study, echo) -> None:
+    """Trials left RUNNING by a killed process: mark them failed and queue their settings again."""
+    from optuna.trial import TrialState
+
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study._storage.set_trial_user_attr(t._trial_id, "stale", True)
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        attrs = {"resumes": t.number}
+        if t.user_attrs.get("baseline"):
+            attrs["baseline"] = True
+        study.enqueue_trial(t.params, user_attrs=attrs)
+        echo(f"trial {t.number} was interrupted; its settings run again (its finished cases are kept)")
+
+
+def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str | Path,
+             echo: Callable[[str], None] = print, loaded: tuple | None = None, progress: bool = False) -> dict:
+    """Run (or resume) a study; returns the summary written to ``DIR`` (see the module docstring).
+
+    ``loaded``: ``(model, tokenizer, judge)`` already loaded for ``cfg`` (tests); None loads them once.
+    """
+    import optuna
+
+    from detoxedit.bench.records import read_run_records
+    from detoxedit.bench.runner import Runner
+    from detoxedit.preflight import check_run
+    from detoxedit.settings import method_hparams
+
+    targets.validate()
+    if opts.trials < 1:
+        raise DetoxEditError("--trials must be >= 1")
+    check_run(cfg)  # every argument, before any model work
+    hp, _ = method_hparams(cfg.method, cfg.model, cfg.method_config, cfg.hparams)
+    if hp is None or not type(hp).SEARCH_SPACE:
+        raise DetoxEditError(f"method {cfg.method!r} declares no search space: nothing to tune "
+                             "(run detoxedit bench with its settings)")
+    base = hp.to_dict()
+    space = sp.active_space(type(hp).SEARCH_SPACE, base, fixed=list(cfg.hparams))
+    if not space:
+        raise DetoxEditError(f"every dimension of {cfg.method}'s search space is fixed by --hparam: nothing to tune")
+    n_total = selected_case_count(cfg)
+    if n_total < 1:
+        raise DetoxEditError(f"no cases selected from {cfg.data} {cfg.split}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_study_doc(out, study_doc(cfg, targets, opts, space))
+
+    if loaded is None:
+        from detoxedit.judges import get_judge
+        from detoxedit.models.load import load_model
+
+        model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
+        loaded = (model, tok, get_judge(cfg.judge))
+    from detoxedit.models import arch
+
+    n_layers = arch.num_layers(loaded[0])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    startup = opts.startup_trials if opts.startup_trials is not None else min(10, max(2, opts.trials // 3))
+    sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup)
+    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=opts.prune_after)
+              if opts.prune else optuna.pruners.NopPruner())
+    study = optuna.create_study(study_name=STUDY_NAME, storage=f"sqlite:///{(out / 'study.db').resolve()}",
+                                load_if_exists=True, direction="maximize", sampler=sampler, pruner=pruner)
+    if not study.trials:
+        study.enqueue_trial(sp.base_params(base, space, n_layers), user_attrs={"baseline": True})
+    _requeue_interrupted(study, echo)
+
+    while _finished(study) < opts.trials:
+        trial = study.ask()
+        params = sp.suggest(trial, space, n_layers)
+        over = sp.overrides(params, space)
+        key = trial_key(over)
+        run_dir = out / "trials" / key
+        trial.set_user_attr("overrides", over)
+        trial.set_user_attr("run_dir", str(run_dir.relative_to(out)))
+        tcfg = RunConfig(**{**cfg.to_dict(), "hparams": {**cfg.hparams, **over}})
+        label = "starting settings" if trial.user_attrs.get("baseline") else _short(over)
+        echo(f"trial {trial.number} ({_finished(study) + 1}/{opts.trials}): {label}")
+
+        def on_record(rec, records, trial=trial):
+            metrics = trial_metrics(records, cfg.judge, seed=cfg.seed)
+            value = metrics.get(targets.objective)
+            if value is not None:
+                trial.report(value, step=len(records))
+            if len(records) >= n_total:
+                return
+            why = hopeless(records, n_total, cfg.judge, targets)
+            if why is None and opts.prune and len(records) >= opts.prune_after and trial.should_prune():
+                why = f"{targets.objective} {value:.1f} after {len(records)} cases is below the median of earlier trials"
+            if why is not None and opts.prune and not trial.user_attrs.get("baseline"):
+                raise _Pruned(why)  # the starting settings always run to the end: the reference row
+
+        t0 = time.perf_counter()
+        try:
+            Runner(tcfg, run_dir, loaded=loaded, on_record=on_record).run(progress=progress)
+        except _Pruned as p:
+            metrics = trial_metrics(read_run_records(run_dir), cfg.judge, seed=cfg.seed)
+            trial.set_user_attr("metrics", metrics)
+            _set_constraints(trial, metrics, targets)
+            trial.set_user_attr("pruned", p.reason)
+            trial.set_user_attr("seconds", time.perf_counter() - t0)
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            echo(f"  pruned: {p.reason}")
+            write_outputs(out, study, cfg, targets, opts, space, n_layers)
+            continue
+        except DetoxEditError as e:  # settings the method refuses (e.g. a combination it cannot run)
+            trial.set_user_attr("error", str(e))
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            echo(f"  failed: {e}")
+            write_outputs(out, study, cfg, targets, opts, space, n_layers)
+            continue
+        records = read_run_records(run_dir)
+        metrics = trial_metrics(records, cfg.judge, seed=cfg.seed)
+        trial.set_user_attr("metrics", metrics)
+        _set_constraints(trial, metrics, targets)
+        trial.set_user_attr("seconds", time.perf_counter() - t0)
+        value = metrics.get(targets.objective)
+        study.tell(trial, value if value is not None else float("nan"))
+        echo("  " + _metrics_line(metrics, violations(metrics, targets)))
+        write_outputs(out, study, cfg, targets, opts, space, n_layers)
+    return write_outputs(out, study, cfg, targets, opts, space, n_layers)
+
+
+def _short(over: dict[str, Any]) -> str:
+    def fmt(v):
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+    return ", ".join(f"{k}={fmt(v)}" for k, v in over.items())
+
+
+def _metrics_line(m: dict[str, Any], missed: dict[str, float]) -> str:
+    def f(key, unit=""):
+        v = m.get(key)
+        return "-" if v is None else f"{v:.1f}{unit}"
+    status = "meets the bounds" if not missed else "misses " + ", ".join(sorted(missed))
+    cut = "-" if m.get("cut_increase") is None else f"{m['cut_increase']:+.1f} points"
+    return (f"DS {f('DS')}  DG-Avg {f('DG-Avg')}  over-refusal {f('overrefusal')}  KQA drop {f('kqa_drop')}  "
+            f"fluency drop {f('fluency_drop')}  answers cut {cut}  ({status})")
+
+
+def trial_rows(study, targets: Targets) -> list[dict[str, Any]]:
+    """One row per trial that did not go stale: settings, state, metrics, bounds missed."""
+    from optuna.trial import TrialState
+
+    from detoxedit.tune.objective import rank_key
+
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("stale") or t.state == TrialState.RUNNING:
+            continue
+        metrics = t.user_attrs.get("metrics")
+        rows.append({"number": t.number, "state": t.state.name.lower(), "baseline": bool(t.user_attrs.get("baseline")),
+                     "params": dict(t.params), "overrides": t.user_attrs.get("overrides", {}),
+                     "run_dir": t.user_attrs.get("run_dir"), "metrics": metrics,
+                     "missed": violations(metrics, targets) if metrics else None,
+                     "pruned": t.user_attrs.get("pruned"), "error": t.user_attrs.get("error"),
+                     "seconds": t.user_attrs.get("seconds")})
+    rows.sort(key=lambda r: (r["state"] == "fail", rank_key(r["metrics"] if r["state"] == "complete" else None,
+                                                             targets), r["number"]))
+    return rows
+
+
+def write_outputs(out: Path, study, cfg: RunConfig, targets: Targets, opts: TuneOptions, space: list,
+                  n_layers: int) -> dict:
+    """``trials.jsonl``, ``best.yaml``, ``tune.md``, ``tune.html`` from the study as it stands."""
+    from detoxedit.tune.page import write_page
+
+    rows = trial_rows(study, targets)
+    atomic_write_text(out / "trials.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
+    complete = [r for r in rows if r["state"] == "complete" and r["metrics"]]
+    best = complete[0] if complete else None
+    baseline = next((r for r in rows if r["baseline"] and r["state"] == "complete"), None)
+    summary = {"trials": len(rows), "target_trials": opts.trials, "best": best, "baseline": baseline,
+               "targets": targets.to_dict(), "feasible": bool(best and not best["missed"])}
+    if best is not None:
+        write_best_yaml(out / "best.yaml", cfg, best, targets, len(rows))
+    write_page(out, cfg, targets, opts, space, n_layers, rows, summary)
+    return summary
+
+
+def write_best_yaml(path: Path, cfg: RunConfig, best: dict, targets: Targets, n_trials: int) -> None:
+    """The best trial's settings as a full method config: the starting settings with its overrides."""
+    import yaml
+
+    from detoxedit.settings import method_hparams
+
+    hp, _ = method_hparams(cfg.method, cfg.model, cfg.method_config, {**cfg.hparams, **best["overrides"]})
+    m = best["metrics"]
+
+    def f(key):
+        v = m.get(key)
+        return "-" if v is None else f"{v:.1f}"
+    status = "meets every bound" if not best["missed"] else "NO trial met every bound; closest: misses " + \
+        ", ".join(sorted(best["missed"]))
+    head = [f"# {cfg.method} settings chosen by detoxedit tune (trial {best['number']} of {n_trials}).",
+            f"# model {cfg.model}; data {cfg.data} split {cfg.split}, {m['n_cases']} cases; judge {cfg.judge}; "
+            f"{cfg.max_new_tokens or 'method default'} new tokens.",
+            f"# objective: max {targets.objective} s.t. DS >= {targets.min_ds}, over-refusal <= {targets.max_overrefusal}, "
+            f"KQA drop <= {targets.max_kqa_drop}, fluency drop <= {targets.max_fluency_drop}, "
+            f"cut increase <= {targets.max_cut_increase}: {status}.",
+            f"# on that split: DS {f('DS')}, DG-Avg {f('DG-Avg')}, over-refusal {f('overrefusal')}, "
+            f"KQA drop {f('kqa_drop')}, fluency drop {f('fluency_drop')}.",
+            f"# tuned: {', '.join(sorted(best['overrides'])) or '-'}.",
+            f"# Use: detoxedit bench --method {cfg.method} --method-config {path} ..."]
+    atomic_write_text(path, "\n".join(head) + "\n" + yaml.safe_dump(hp.to_dict(), sort_keys=False, allow_unicode=True))

@@ -1,0 +1,216 @@
+"""``detoxedit tune``: the search space, the constrained objective, and a study on a tiny model (two trials,
+resumed after a kill, best settings loadable by bench)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+
+from test_runner import setup  # noqa: F401  (the fixture)
+from detoxedit.bench.records import read_run_records
+from detoxedit.config import RunConfig
+from detoxedit.errors import DetoxEditError
+from detoxedit.methods._hparams import Dim
+from detoxedit.methods.dinm_hparams import DINMHyperParams
+from detoxedit.tune import space as sp
+from detoxedit.tune.objective import Targets, hopeless, pareto_front, rank_key, violations
+
+# --- the search space ---------------------------------------------------------------------------------
+
+
+def test_layer_dimension_covers_from_a_fraction_of_the_depth_to_the_last_block():
+    # 30 blocks, last index 29: ceil(0.4 * 29) = ceil(11.6) = 12
+    assert sp.layer_range(Dim("layers", "layer", low=0.4), 30) == (12, 29)
+    assert sp.layer_range(Dim("layers", "layer", low=0.0), 4) == (0, 3)
+
+
+def test_dinm_space_follows_the_starting_step_size_and_leaves_out_what_the_user_fixed():
+    space = DINMHyperParams.SEARCH_SPACE
+    adaptive = [d.name for d in sp.active_space(space, DINMHyperParams().to_dict())]
+    fixed = [d.name for d in sp.active_space(space, DINMHyperParams(step_size="fixed").to_dict())]
+    assert "max_steps" in adaptive and "num_steps" not in adaptive
+    assert "num_steps" in fixed and "max_steps" not in fixed
+    # --hparam layers=[3] fixes the layer, so the layer rule and the layer dimension both go
+    without = [d.name for d in sp.active_space(space, DINMHyperParams().to_dict(), fixed=["layers"])]
+    assert "layer_rule" not in without and "layers" not in without and "lr" in without
+
+
+def test_suggestions_become_overrides_and_the_starting_settings_map_back():
+    space = sp.active_space(DINMHyperParams.SEARCH_SPACE, DINMHyperParams().to_dict())
+    trial = optuna.trial.FixedTrial({"lr": 2e-4, "max_steps": 12, "kl_factor": 0.5, "harmless_kl": 0,
+                                     "layer_rule": "fixed", "layers": 20, "norm_constraint": 1e-3})
+    params = sp.suggest(trial, space, n_layers=30)
+    assert sp.overrides(params, space) == {"lr": 2e-4, "max_steps": 12, "kl_factor": 0.5, "harmless_kl": 0,
+                                           "layers": [20], "norm_constraint": 1e-3}
+    trial = optuna.trial.FixedTrial({"lr": 2e-4, "max_steps": 12, "kl_factor": 0.5, "harmless_kl": 0,
+                                     "layer_rule": "normalized", "norm_constraint": None})
+    over = sp.overrides(sp.suggest(trial, space, n_layers=30), space)
+    assert over["layers"] == [] and over["distance"] == "normalized"  # no layer drawn: located per case
+    base = DINMHyperParams(lr=1e-3, max_steps=40, kl_factor=0.1, harmless_kl=8).to_dict()
+    params = sp.base_params(base, space, n_layers=30)
+    assert params == {"lr": 1e-3, "max_steps": 40, "kl_factor": 0.1, "harmless_kl": 8,
+                      "layer_rule": "euclidean", "norm_constraint": None}
+    assert sp.overrides(params, space)["layers"] == []
+    # a fixed layer in range maps to the 'fixed' rule and its index; one below the range is left to the sampler
+    assert sp.base_params({**base, "layers": [25]}, space, 30)["layers"] == 25
+    assert "layers" not in sp.base_params({**base, "layers": [3]}, space, 30)
+
+
+# --- the objective ------------------------------------------------------------------------------------
+
+
+def test_violations_name_each_missed_bound_by_how_much_and_skip_what_was_not_measured():
+    t = Targets(min_ds=90, max_overrefusal=10, max_kqa_drop=5, max_fluency_drop=1.5, max_cut_increase=10)
+    m = {"DS": 80.0, "overrefusal": 12.5, "kqa_drop": None, "fluency_drop": 0.2, "cut_increase": -5.0}
+    assert violations(m, t) == pytest.approx({"DS": 10.0, "overrefusal": 2.5})
+    assert violations(m, Targets(min_ds=None, max_overrefusal=None)) == {}
+
+
+def _rec(ds_label, refusals=None):
+    r = {"labels": {"j": {"edited": {"DS": ds_label}}}, "edit": {"uses_instance": True}}
+    if refusals is not None:
+        r["overrefusal"] = {"edited_refusals": refusals}
+    return r
+
+
+def test_hopeless_when_the_best_remaining_outcome_still_misses_a_bound():
+    t = Targets(min_ds=90, max_overrefusal=10)
+    # 10 cases; one unsafe DS answer so far: at best 100 - 100 * 1/10 = 90 -> still possible
+    assert hopeless([_rec(1), _rec(0)], 10, "j", t) is None
+    # two unsafe: at best 80 < 90
+    assert "DS cannot reach 90" in hopeless([_rec(1), _rec(1)], 10, "j", t)
+    # over-refusal: 4 prompts per edit, 10 edits = 40 answers; 5 refused so far -> at least 12.5% > 10
+    assert "over-refusal" in hopeless([_rec(0, [1, 1, 1, 0]), _rec(0, [1, 1, 0, 0])], 10, "j", t)
+    assert hopeless([_rec(0, [1, 1, 1, 0])], 10, "j", t) is None  # 3/40 = 7.5%
+
+
+def test_pareto_front_and_ranking():
+    # maximise the first coordinate, minimise the second: (80, 5) dominates (70, 6); (90, 20) is on the front
+    assert pareto_front([(80, 5), (70, 6), (90, 20), (80, 5)]) == [0, 2, 3]
+    t = Targets(min_ds=90, max_overrefusal=10)
+    ok_low = {"DS": 95, "DG-Avg": 60, "overrefusal": 0}
+    ok_high = {"DS": 92, "DG-Avg": 70, "overrefusal": 5}
+    bad = {"DS": 80, "DG-Avg": 99, "overrefusal": 0}
+    assert sorted([bad, ok_low, ok_high], key=lambda m: rank_key(m, t)) == [ok_high, ok_low, bad]
+
+
+# --- a study on a tiny model --------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def tiny_run(setup):
+    """test_runner's tiny model and 6-case data file (the file is read as is: ``--split`` only labels it)."""
+    cfg, tmp = setup
+    return cfg.model, cfg.data, tmp
+
+
+def _args(model_dir, data, out, trials):
+    return [sys.executable, "-m", "detoxedit.cli", "tune", "--model", str(model_dir), "--data", str(data),
+            "--split", "val", "--judge", "refusal", "--max-new-tokens", "6", "--overrefusal-items", "2",
+            "--kqa-items", "2", "--hparam", "max_length=96", "--hparam", "step_size=fixed", "--no-prune",
+            "--trials", str(trials), "--out", str(out)]
+
+
+def test_tune_two_trials_resumes_after_a_kill_and_writes_settings_bench_takes(tiny_run):
+    from detoxedit.settings import method_hparams
+
+    model_dir, data, tmp = tiny_run
+    out = tmp / "tune"
+    args = _args(model_dir, data, out, trials=2)
+    proc = subprocess.Popen(args, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 180
+
+    def second_trial_started():
+        dirs = [d for d in (out / "trials").glob("*") if (d / "records.jsonl").is_file()] if (out / "trials").is_dir() else []
+        return len(dirs) == 2 and all(d.joinpath("records.jsonl").read_text().count("\n") >= 1 for d in dirs)
+
+    while time.time() < deadline and not second_trial_started() and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    study = optuna.load_study(study_name="detoxedit-tune", storage=f"sqlite:///{out / 'study.db'}")
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING], \
+        "the second trial should have been killed part-way"
+    killed_dir = out / study.trials[1].user_attrs["run_dir"]
+    before = [r["case_id"] for r in read_run_records(killed_dir)]
+    assert 1 <= len(before) < 6
+
+    rc = subprocess.run(args, env=os.environ.copy(), capture_output=True, text=True)
+    assert rc.returncode == 0, rc.stdout + rc.stderr
+    assert "was interrupted" in rc.stdout
+    study = optuna.load_study(study_name="detoxedit-tune", storage=f"sqlite:///{out / 'study.db'}")
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 2 and finished[1].params == study.trials[1].params  # the killed setting, rerun
+    lines = [json.loads(x)["case_id"] for x in (killed_dir / "records.jsonl").read_text().splitlines()]
+    assert sorted(lines, key=int) == [str(i) for i in range(6)] and lines[:len(before)] == before  # none redone
+
+    rows = [json.loads(x) for x in (out / "trials.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and sum(r["baseline"] for r in rows) == 1
+    assert all(r["metrics"]["n_cases"] == 6 and r["metrics"]["kqa_drop"] is not None for r in rows)
+    html = (out / "tune.html").read_text()
+    assert "data:image/png;base64," in html and "Search space" in html
+    # best.yaml is a full method config: bench --method-config loads it unchanged, with the best trial's values
+    best = json.loads(json.dumps(rows[0]))
+    hp, path = method_hparams("dinm", str(model_dir), out / "best.yaml")
+    for key, value in best["overrides"].items():
+        assert getattr(hp, key) == value
+    # a third run with more trials extends the same study; other settings in the same directory are refused
+    rc = subprocess.run(args[:-3] + ["3", "--out", str(out), "--min-ds", "50"], env=os.environ.copy(),
+                        capture_output=True, text=True)
+    assert rc.returncode != 0 and "other settings (targets)" in rc.stderr
+
+
+def test_tune_refuses_bad_input_before_loading_a_model(tiny_run, capsys):
+    from detoxedit.cli import main
+
+    model_dir, data, tmp = tiny_run
+    out = tmp / "t"
+    assert main(["tune", "--model", str(model_dir), "--data", str(data), "--judge", "refusal",
+                 "--method", "self-reminder", "--trials", "2", "--out", str(out)]) != 0
+    assert "declares no search space" in capsys.readouterr().err
+    with pytest.raises(DetoxEditError, match="nothing to tune"):
+        from detoxedit.tune.study import TuneOptions, run_tune
+        fixed = {k: 1 for k in ("lr", "num_steps", "kl_factor", "harmless_kl", "layers", "distance",
+                                "norm_constraint")}
+        fixed["layers"], fixed["distance"], fixed["lr"] = [1], "euclidean", 1e-3
+        run_tune(RunConfig(model=str(model_dir), data=str(data), split="val", judge="refusal",
+                           hparams={**fixed, "step_size": "fixed"}), Targets(), TuneOptions(trials=1), out)
+    assert not (out / "study.db").exists()
+
+
+def test_runner_records_kqa_and_termination_and_a_shared_edit_is_checked_once(tiny_run):
+    from detoxedit.bench.report import compute_metrics
+    from detoxedit.bench.runner import run_bench
+
+    model_dir, data, tmp = tiny_run
+    cfg = RunConfig(model=str(model_dir), data=str(data), split="val", judge="refusal", max_new_tokens=6,
+                    overrefusal_items=2, kqa_items=3, limit=2,
+                    hparams={"num_steps": 1, "max_length": 96, "step_size": "fixed"})
+    run_bench(cfg, tmp / "run", progress=False)
+    recs = read_run_records(tmp / "run")
+    assert all(len(r["kqa"]["edited_correct"]) == 3 and len(r["overrefusal"]["edited"]) == 2 for r in recs)
+    assert set(recs[0]["ended"]["edited"]) == {"DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"}
+    m = compute_metrics(recs, "refusal")
+    assert m["kqa"]["n_answers"] == 6 and m["kqa"]["n_edits"] == 2
+    # Self-Reminder makes one shared edit: its checks are recorded once, in the run's first record
+    shared = RunConfig(**{**cfg.to_dict(), "method": "self-reminder", "hparams": {}, "limit": 3})
+    run_bench(shared, tmp / "run-sr", progress=False)
+    recs = read_run_records(tmp / "run-sr")
+    assert ["kqa" in r for r in recs] == [True, False, False]
+    assert ["overrefusal" in r for r in recs] == [True, False, False]
+
+
+def test_demo_says_whether_its_cases_can_tell_a_change_from_zero():
+    from detoxedit.commands.demo import change_verdict
+
+    m = {"n_cases": 18, "change": {"DS": {"value": 5.6, "ci_low": -11.1, "ci_high": 27.8},
+                                   "DG-Avg": {"value": 20.0, "ci_low": 5.0, "ci_high": 33.0}}}
+    lines = change_verdict(m).splitlines()
+    assert "includes zero" in lines[0] and "18 cases cannot tell" in lines[0]
+    assert "excludes zero" in lines[1] and "DG-Avg rose" in lines[1]
