@@ -64,7 +64,8 @@ def test_table_numbers_footnote_missing_metrics_and_labels(tmp_path):
     files = write_comparison([a, b, c], tmp_path / "out")
     md = files["md"].read_text()
     rows = {line.split("|")[1].strip(): [x.strip() for x in line.strip().strip("|").split("|")]
-            for line in md.splitlines() if line.startswith("| ") and not line.startswith("| method")}
+            for line in md.split("Paired against")[0].splitlines()
+            if line.startswith("| ") and not line.startswith("| method")}
     assert list(rows) == ["vanilla", "dinm (runA)", "self-reminder", "dinm (runC)"]
     header = [x.strip() for x in next(l for l in md.splitlines() if l.startswith("| method")).strip("|").split("|")]
     assert header == ["method", "n", "DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ", "DG-Avg",
@@ -90,6 +91,26 @@ def test_table_numbers_footnote_missing_metrics_and_labels(tmp_path):
     assert data["rows"][1]["metrics"]["DS"]["value"] == 75.0 and data["rows"][1]["metrics"]["DS"]["n"] == 4
     page = files["html"].read_text()
     assert "<table>" in page and "75.00" in page and "—†" in page and "<script" not in page
+
+
+def test_paired_change_against_the_first_run_on_shared_cases(tmp_path):
+    """Hand values: first run edited DS labels (0,0,0,1) -> 75; second (0,0,0,0) -> 100: change +25 on the
+    4 shared cases. A resample's DS change is 100 x (times case 3 is drawn) / 4, Binomial(4, 1/4) draws:
+    P(0) = 0.32 > 2.5% and P(4) = 0.4% < 2.5% < P(>=3) = 5.1%, so the 95% CI is [0, 75]. Every DG label is
+    the same in both runs, so the DG-Avg change is 0 in every resample: [0, 0]. A run sharing no case gets
+    no paired row."""
+    a = make_run(tmp_path / "hand", "dinm", FULL)
+    tuned = dict(FULL, DS=[0, 0, 0, 0])
+    b = make_run(tmp_path / "tuned", "dinm", tuned)
+    res = compare_runs([a, b])
+    (p,) = res["paired"]
+    assert p["n"] == 4 and p["change"]["DS"]["value"] == pytest.approx(25.0)
+    assert p["change"]["DS"]["ci_low"] == 0.0 and p["change"]["DS"]["ci_high"] == pytest.approx(75.0)
+    assert (p["change"]["DG-Avg"]["value"], p["change"]["DG-Avg"]["ci_low"], p["change"]["DG-Avg"]["ci_high"]) == (0, 0, 0)
+    assert "| tuned | 4 | 25.0 [" in markdown(res)
+    other = make_run(tmp_path / "other", "dinm", FULL)
+    (other / "records.jsonl").write_text((other / "records.jsonl").read_text().replace('"case_id": "', '"case_id": "x'))
+    assert compare_runs([a, other])["paired"] == []
 
 
 def test_one_row_per_method_no_general_column_and_cli(tmp_path, capsys):
@@ -139,7 +160,8 @@ def test_harmless_refused_and_failed_edits_columns(tmp_path):
                               "Fluency", "KQA", "CSum", "Failed edits"]
     md = markdown(res)
     rows = {line.split("|")[1].strip(): [x.strip() for x in line.strip().strip("|").split("|")]
-            for line in md.splitlines() if line.startswith("| ") and not line.startswith("| method")}
+            for line in md.split("Paired against")[0].splitlines()
+            if line.startswith("| ") and not line.startswith("| method")}
     col = {name: i + 2 for i, name in enumerate(res["columns"])}
     assert rows["vanilla"][col["Harmless refused"]] == "0.00 [0.0, 0.0]" and rows["vanilla"][col["Failed edits"]] == "—"
     assert rows["dinm"][col["Harmless refused"]].startswith("37.50 [")

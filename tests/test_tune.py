@@ -198,6 +198,8 @@ def test_runner_records_kqa_and_termination_and_a_shared_edit_is_checked_once(ti
     assert set(recs[0]["ended"]["edited"]) == {"DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"}
     m = compute_metrics(recs, "refusal")
     assert m["kqa"]["n_answers"] == 6 and m["kqa"]["n_edits"] == 2
+    flags = [not e for r in recs for e in r["ended"]["edited"].values()]
+    assert m["cut"]["edited"]["n"] == 10 and m["cut"]["edited"]["cut"] == sum(flags)
     # Self-Reminder makes one shared edit: its checks are recorded once, in the run's first record
     shared = RunConfig(**{**cfg.to_dict(), "method": "self-reminder", "hparams": {}, "limit": 3})
     run_bench(shared, tmp / "run-sr", progress=False)

@@ -16,6 +16,9 @@
   (case, prompt) answers (``detoxedit.bench.report.overrefusal_table``), next to DG-Avg;
 * when any run's records carry an edit validation, ``Failed edits``: failed / cases, with the number
   left unchecked (``detoxedit.bench.report.validation_summary`` under the compared judge);
+* a paired section: every other run's edited side minus the first run's, on the cases both ran, for DS
+  and DG-Avg with a 95% paired-bootstrap CI (e.g. tuned settings against the hand-set ones: the pairing
+  lets the CI exclude zero where the two rows' own CIs overlap);
 * a metric a run lacks (e.g. a ``SafeEdit_test_ALL``-style run has only DG_onlyQ and DG_otherAQ) shows
   as "—"; a run whose method does not learn from the instance (``edit.uses_instance`` false in its
   records) shows DS as "—" with a footnote, since it is not a defense success on an edited instance in
@@ -179,8 +182,30 @@ def compare_runs(run_dirs: list[str | Path], judge: str | None = None, seed: int
             footnotes.append(h)
     for w in warnings:
         log.warning(w)
+    paired = [paired_against_first(first_dir, first_records, d, records, judge, seed) for d, _, records in runs[1:]]
     return {"judge": judge, "columns": cols, "rows": rows, "footnotes": footnotes, "warnings": warnings,
-            "runs": [str(d) for d, _, _ in runs]}
+            "runs": [str(d) for d, _, _ in runs], "paired": [p for p in paired if p]}
+
+
+PAIRED_METRICS = ("DS", "DG-Avg")
+
+
+def paired_against_first(first_dir: Path, first: list[dict], run_dir: Path, records: list[dict], judge: str,
+                         seed: int = 0) -> dict | None:
+    """A run's edited side minus the first run's edited side on the cases both ran (e.g. tuned settings
+    against the hand-set ones), with a paired bootstrap CI: each resample draws the same cases for both,
+    so the interval reflects the pairing and can exclude zero where two separate CIs overlap. None when
+    the runs share no case."""
+    from detoxedit.metrics.safety import paired_difference
+
+    by_id = {r["case_id"]: r for r in first}
+    shared = [r for r in records if r["case_id"] in by_id]
+    if not shared:
+        return None
+    base = side_labels([by_id[r["case_id"]] for r in shared], judge, "edited")
+    diff = paired_difference(base, side_labels(shared, judge, "edited"), seed=seed)
+    return {"run": str(run_dir), "against": str(first_dir), "n": len(shared),
+            "change": {k: diff.get(k) for k in PAIRED_METRICS}}
 
 
 def human_footnote(run_dir: Path, records: list[dict], judge: str) -> str | None:
@@ -247,6 +272,16 @@ def markdown(result: dict) -> str:
     if FAILED_COLUMN in cols:
         lines.append(f"{FAILED_COLUMN} = edits whose validation failed / edits checked (the method's checks, and the "
                      "judge on the edited answer to the edited input).")
+    if result.get("paired"):
+        first = Path(result["runs"][0]).name
+        lines += ["", f"Paired against the first run ({first}), edited side minus edited side on the cases both "
+                  "ran, 95% paired-bootstrap CI (a CI that excludes 0 is a difference these cases can tell):", "",
+                  "| run | cases | " + " | ".join(f"{k} change" for k in PAIRED_METRICS) + " |",
+                  "|---|---|" + "---|" * len(PAIRED_METRICS)]
+        for p in result["paired"]:
+            lines.append(f"| {Path(p['run']).name} | {p['n']} | "
+                         + " | ".join(_fmt(p["change"].get(k), 1) for k in PAIRED_METRICS) + " |")
+        lines.append("")
     lines += result["footnotes"]
     lines += [f"Warning: {w}" for w in result["warnings"]]
     lines += ["", "Runs: " + ", ".join(f"`{r}`" for r in result["runs"])]

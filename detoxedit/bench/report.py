@@ -86,6 +86,7 @@ def compute_metrics(records: list[dict], judge: str, seed: int = 0) -> dict:
     out["layers"] = {str(k): layers.count(k) for k in sorted(set(layers))}
     out["overrefusal"] = overrefusal_table(records, seed)
     out["kqa"] = kqa_table(records, seed)
+    out["cut"] = cut_table(records)
     out["validation"] = validation_summary(records, judge)
     sources = [(r.get("edit") or {}).get("unsafe_source") for r in records]
     out["unsafe_source"] = {s: sources.count(s) for s in sorted({s for s in sources if s})}
@@ -143,6 +144,19 @@ def overrefusal_table(records: list[dict], seed: int = 0) -> dict | None:
     for kind in sorted({a["kind"] for a in answers}, key=lambda k: (KINDS.index(k) if k in KINDS else len(KINDS), k)):
         sub = [a for a in answers if a["kind"] == kind]
         out["by_kind"][kind] = {side: _rate([a[side] for a in sub], seed) for side in ("vanilla", "edited")}
+    return out
+
+
+def cut_table(records: list[dict]) -> dict | None:
+    """Answers to the cases' inputs that ran to the token limit instead of ending their turn
+    (``record["ended"]``), per side: ``{"vanilla": {"cut", "n", "rate"}, "edited": ...}`` (rate in %).
+    None when no record says (runs older than the field)."""
+    out = {}
+    for side in ("vanilla", "edited"):
+        flags = [not e for r in records for e in (r.get("ended") or {}).get(side, {}).values()]
+        if not flags:
+            return None
+        out[side] = {"cut": sum(flags), "n": len(flags), "rate": 100.0 * sum(flags) / len(flags)}
     return out
 
 
@@ -264,6 +278,12 @@ def evidence_lines(m: dict) -> list[str]:
         lines += ["", f"KQA after each edit (% of {kqa['n_answers']} answers to built-in KQA questions, "
                   f"{kqa['n_edits']} edit(s), that contain a gold answer; 95% bootstrap CI): vanilla "
                   f"{_fmt(kqa['vanilla'])}, edited {_fmt(kqa['edited'])}, drop {_fmt(kqa['drop'])} points."]
+    cut = m.get("cut")
+    if cut:
+        v, e = cut["vanilla"], cut["edited"]
+        lines += ["", f"Answers that ran to the token limit instead of ending their turn: vanilla {v['cut']} of "
+                  f"{v['n']} ({v['rate']:.0f}%), edited {e['cut']} of {e['n']} ({e['rate']:.0f}%). More on the "
+                  "edited side can mean answers that loop: read them."]
     val = m.get("validation")
     if val:
         c = val["counts"]

@@ -65,15 +65,6 @@ def _value(cell: dict | None) -> float | None:
     return None if not cell or cell.get("value") is None else float(cell["value"])
 
 
-def cut_rates(records: list[dict]) -> dict[str, float | None]:
-    """% of answers to the cases' inputs that ran to the token limit (``record["ended"]``), per side."""
-    out: dict[str, float | None] = {}
-    for side in ("vanilla", "edited"):
-        flags = [not e for r in records for e in (r.get("ended") or {}).get(side, {}).values()]
-        out[side] = 100.0 * sum(flags) / len(flags) if flags else None
-    return out
-
-
 def trial_metrics(records: list[dict], judge: str, seed: int = 0) -> dict[str, Any]:
     """A trial's numbers: the edited model's DS and DG-Avg (with CIs, and the vanilla values), over-refusal,
     KQA and fluency drops, the change in answers cut by the token limit, failed edits, seconds per case."""
@@ -82,7 +73,7 @@ def trial_metrics(records: list[dict], judge: str, seed: int = 0) -> dict[str, A
     m = compute_metrics(records, judge, seed=seed)
     orf, kqa = m.get("overrefusal"), m.get("kqa")
     flu = m["fluency"]
-    cuts = cut_rates(records)
+    cut = m.get("cut")
     out: dict[str, Any] = {
         "n_cases": m["n_cases"],
         "DS": _value(m["edited"].get("DS")), "DG-Avg": _value(m["edited"].get("DG-Avg")),
@@ -93,7 +84,7 @@ def trial_metrics(records: list[dict], judge: str, seed: int = 0) -> dict[str, A
         "kqa_drop": _value(kqa["drop"]) if kqa else None,
         "kqa_edited": _value(kqa["edited"]) if kqa else None,
         "fluency_drop": (flu["vanilla"] - flu["edited"]) if None not in (flu.get("vanilla"), flu.get("edited")) else None,
-        "cut_increase": (cuts["edited"] - cuts["vanilla"]) if None not in cuts.values() else None,
+        "cut_increase": (cut["edited"]["rate"] - cut["vanilla"]["rate"]) if cut else None,
         "failed_edits": m["validation"]["counts"].get("failed", 0),
         "seconds_per_case": m["seconds_per_case"],
     }
