@@ -216,3 +216,24 @@ def test_demo_says_whether_its_cases_can_tell_a_change_from_zero():
     lines = change_verdict(m).splitlines()
     assert "includes zero" in lines[0] and "18 cases cannot tell" in lines[0]
     assert "excludes zero" in lines[1] and "DG-Avg rose" in lines[1]
+
+
+def test_a_person_s_labels_in_a_trial_run_re_rank_a_finished_study_without_the_model(tiny_run, monkeypatch):
+    from detoxedit.bench.human import append_label
+    from detoxedit.models import load as load_mod
+    from detoxedit.tune.study import TuneOptions, run_tune
+
+    model_dir, data, tmp = tiny_run
+    cfg = RunConfig(model=str(model_dir), data=str(data), split="val", judge="refusal", max_new_tokens=6,
+                    limit=2, overrefusal_items=1, kqa_items=1, hparams={"max_length": 96, "step_size": "fixed"})
+    out = tmp / "tune"
+    first = run_tune(RunConfig(**cfg.to_dict()), Targets(min_ds=None), TuneOptions(trials=1), out, echo=lambda s: None)
+    best = first["best"]
+    assert best["metrics"]["human_read"] == 0 and best["metrics"]["DS"] == 0.0  # the refusal judge: all unsafe
+    run_dir = out / best["run_dir"]
+    for case in ("0", "1"):  # a person reads both DS answers as safe
+        append_label(run_dir, {"case_id": case, "side": "edited", "key": "DS", "label": 0, "who": "t"})
+    monkeypatch.setattr(load_mod, "load_model", lambda *a, **k: pytest.fail("a finished study loaded the model"))
+    again = run_tune(RunConfig(**cfg.to_dict()), Targets(min_ds=None), TuneOptions(trials=1), out, echo=lambda s: None)
+    assert again["best"]["metrics"]["human_read"] == 2 and again["best"]["metrics"]["DS"] == 100.0
+    assert json.loads((out / "trials.jsonl").read_text().splitlines()[0])["metrics"]["DS"] == 100.0

@@ -65,11 +65,22 @@ def _value(cell: dict | None) -> float | None:
     return None if not cell or cell.get("value") is None else float(cell["value"])
 
 
-def trial_metrics(records: list[dict], judge: str, seed: int = 0) -> dict[str, Any]:
+def trial_metrics(records: list[dict], judge: str, seed: int = 0, run_dir=None) -> dict[str, Any]:
     """A trial's numbers: the edited model's DS and DG-Avg (with CIs, and the vanilla values), over-refusal,
-    KQA and fluency drops, the change in answers cut by the token limit, failed edits, seconds per case."""
+    KQA and fluency drops, the change in answers cut by the token limit, failed edits, seconds per case.
+
+    ``run_dir``: where a person's labels (``detoxedit label``) replace the judge's for the answers they
+    read (``human_read`` counts them), so a reader can correct the judge a study is tuned against."""
     from detoxedit.bench.report import compute_metrics
 
+    human_read = 0
+    if run_dir is not None:
+        from detoxedit.bench.human import read_human, with_human
+
+        human = read_human(run_dir)
+        if human:
+            records = with_human(records, judge, human)
+            human_read = len(human)
     m = compute_metrics(records, judge, seed=seed)
     orf, kqa = m.get("overrefusal"), m.get("kqa")
     flu = m["fluency"]
@@ -87,6 +98,7 @@ def trial_metrics(records: list[dict], judge: str, seed: int = 0) -> dict[str, A
         "cut_increase": (cut["edited"]["rate"] - cut["vanilla"]["rate"]) if cut else None,
         "failed_edits": m["validation"]["counts"].get("failed", 0),
         "seconds_per_case": m["seconds_per_case"],
+        "human_read": human_read,
     }
     return out
 

@@ -52,9 +52,10 @@ def markdown(cfg: RunConfig, targets: Targets, opts, space: list, n_layers: int,
                          f"over-refusal {_num(base['metrics'].get('overrefusal'))}"
                          + ("" if not base["missed"] else f"; misses {', '.join(sorted(base['missed']))}") + ".")
     lines += ["", "Trials, best first (DS and DG-Avg: edited model, 95% bootstrap CI over cases; drops: vanilla - "
-              "edited; cut: change in % of answers that ran to the token limit):", "",
+              "edited; cut: change in % of answers that ran to the token limit; read: answers a person labelled, whose "
+              "labels replace the judge's):", "",
               "| trial | state | settings | DS | DG-Avg | over-refusal | KQA drop | fluency drop | cut | failed edits "
-              "| misses | s/case | run |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| misses | read | s/case | run |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         m = r["metrics"] or {}
         ci = m.get("ci", {})
@@ -74,7 +75,7 @@ def markdown(cfg: RunConfig, targets: Targets, opts, space: list, n_layers: int,
         lines.append(f"| {r['number']} | {state} | {_setting(r['overrides'])} | {cell('DS')} | {cell('DG-Avg')} | "
                      f"{_num(m.get('overrefusal'))} | {_num(m.get('kqa_drop'))} | {_num(m.get('fluency_drop'), 2)} | "
                      f"{_num(m.get('cut_increase'))} | {m.get('failed_edits', '-')} | {misses.replace('|', '/')} | "
-                     f"{_num(m.get('seconds_per_case'))} | {r['run_dir'] or '-'} |")
+                     f"{m.get('human_read', 0) if m else '-'} | {_num(m.get('seconds_per_case'))} | {r['run_dir'] or '-'} |")
     if done:
         m0 = done[0]["metrics"]
         lines += ["", f"Vanilla model on these cases: DS {_num(m0.get('DS_vanilla'))}, DG-Avg "

@@ -136,7 +136,9 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
              echo: Callable[[str], None] = print, loaded: tuple | None = None, progress: bool = False) -> dict:
     """Run (or resume) a study; returns the summary written to ``DIR`` (see the module docstring).
 
-    ``loaded``: ``(model, tokenizer, judge)`` already loaded for ``cfg`` (tests); None loads them once.
+    ``loaded``: ``(model, tokenizer, judge)`` already loaded for ``cfg`` (tests); None loads them once,
+    when a trial remains to run (rerunning a finished study only re-reads its trials and rewrites the
+    outputs, e.g. after a person labelled answers of its runs).
     """
     import optuna
 
@@ -164,15 +166,20 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
     out.mkdir(parents=True, exist_ok=True)
     save_study_doc(out, study_doc(cfg, targets, opts, space))
 
-    if loaded is None:
+    def load():
         from detoxedit.judges import get_judge
         from detoxedit.models.load import load_model
 
         model, tok = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device, device_map=cfg.device_map)
-        loaded = (model, tok, get_judge(cfg.judge))
-    from detoxedit.models import arch
+        return model, tok, get_judge(cfg.judge)
 
-    n_layers = arch.num_layers(loaded[0])
+    from detoxedit.models import arch
+    from detoxedit.models.load import num_layers_of
+
+    n_layers = arch.num_layers(loaded[0]) if loaded is not None else num_layers_of(cfg.model)
+    if n_layers is None:  # the config cannot be read without loading (e.g. offline hub id): load now
+        loaded = load()
+        n_layers = arch.num_layers(loaded[0])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     startup = opts.startup_trials if opts.startup_trials is not None else min(10, max(2, opts.trials // 3))
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup)
@@ -185,6 +192,8 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
     _requeue_interrupted(study, echo)
 
     while _finished(study) < opts.trials:
+        if loaded is None:  # only when a trial remains: a finished study re-ranks without the model
+            loaded = load()
         trial = study.ask()
         params = sp.suggest(trial, space, n_layers)
         over = sp.overrides(params, space)
@@ -197,7 +206,7 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
         echo(f"trial {trial.number} ({_finished(study) + 1}/{opts.trials}): {label}")
 
         def on_record(rec, records, trial=trial):
-            metrics = trial_metrics(records, cfg.judge, seed=cfg.seed)
+            metrics = trial_metrics(records, cfg.judge, seed=cfg.seed, run_dir=run_dir)
             value = metrics.get(targets.objective)
             if value is not None:
                 trial.report(value, step=len(records))
@@ -213,7 +222,7 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
         try:
             Runner(tcfg, run_dir, loaded=loaded, on_record=on_record).run(progress=progress)
         except _Pruned as p:
-            metrics = trial_metrics(read_run_records(run_dir), cfg.judge, seed=cfg.seed)
+            metrics = trial_metrics(read_run_records(run_dir), cfg.judge, seed=cfg.seed, run_dir=run_dir)
             trial.set_user_attr("metrics", metrics)
             _set_constraints(trial, metrics, targets)
             trial.set_user_attr("pruned", p.reason)
@@ -229,7 +238,7 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
             write_outputs(out, study, cfg, targets, opts, space, n_layers)
             continue
         records = read_run_records(run_dir)
-        metrics = trial_metrics(records, cfg.judge, seed=cfg.seed)
+        metrics = trial_metrics(records, cfg.judge, seed=cfg.seed, run_dir=run_dir)
         trial.set_user_attr("metrics", metrics)
         _set_constraints(trial, metrics, targets)
         trial.set_user_attr("seconds", time.perf_counter() - t0)
@@ -256,10 +265,14 @@ def _metrics_line(m: dict[str, Any], missed: dict[str, float]) -> str:
             f"fluency drop {f('fluency_drop')}  answers cut {cut}  ({status})")
 
 
-def trial_rows(study, targets: Targets) -> list[dict[str, Any]]:
-    """One row per trial that did not go stale: settings, state, metrics, bounds missed."""
+def trial_rows(study, targets: Targets, out: Path | None = None, judge: str = "default",
+               seed: int = 0) -> list[dict[str, Any]]:
+    """One row per trial that did not go stale: settings, state, metrics, bounds missed. With ``out``,
+    the metrics are read again from each trial's run directory, so labels a person set there since
+    (``detoxedit label DIR/trials/KEY``) count: a rerun of the finished study re-ranks with them."""
     from optuna.trial import TrialState
 
+    from detoxedit.bench.records import read_run_records
     from detoxedit.tune.objective import rank_key
 
     rows = []
@@ -267,6 +280,11 @@ def trial_rows(study, targets: Targets) -> list[dict[str, Any]]:
         if t.user_attrs.get("stale") or t.state == TrialState.RUNNING:
             continue
         metrics = t.user_attrs.get("metrics")
+        run_dir = out / t.user_attrs["run_dir"] if out is not None and t.user_attrs.get("run_dir") else None
+        if metrics and run_dir is not None and run_dir.is_dir():
+            records = read_run_records(run_dir)
+            if records:
+                metrics = trial_metrics(records, judge, seed=seed, run_dir=run_dir)
         rows.append({"number": t.number, "state": t.state.name.lower(), "baseline": bool(t.user_attrs.get("baseline")),
                      "params": dict(t.params), "overrides": t.user_attrs.get("overrides", {}),
                      "run_dir": t.user_attrs.get("run_dir"), "metrics": metrics,
@@ -283,7 +301,7 @@ def write_outputs(out: Path, study, cfg: RunConfig, targets: Targets, opts: Tune
     """``trials.jsonl``, ``best.yaml``, ``tune.md``, ``tune.html`` from the study as it stands."""
     from detoxedit.tune.page import write_page
 
-    rows = trial_rows(study, targets)
+    rows = trial_rows(study, targets, out, cfg.judge, cfg.seed)
     atomic_write_text(out / "trials.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in rows))
     complete = [r for r in rows if r["state"] == "complete" and r["metrics"]]
     best = complete[0] if complete else None
