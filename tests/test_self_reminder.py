@@ -66,7 +66,10 @@ def test_runner_gives_reminder_and_system_prompt_to_the_edited_side_only(tmp_pat
     assert all(REMINDER not in t for r in recs for t in r["inputs"].values())  # recorded inputs: bare
     vanilla_calls = [c for c in calls if c[1] is None]
     edited_calls = [c for c in calls if c[1] == SYSTEM_PROMPT]
-    assert len(vanilla_calls) + len(edited_calls) == len(calls) and vanilla_calls and len(edited_calls) == 2
+    # edited side: the two cases' inputs, and once per run (the shared edit's check, in the first record)
+    # the harmless prompts of the over-refusal check, each with the reminder too
+    assert len(vanilla_calls) + len(edited_calls) == len(calls) and vanilla_calls and len(edited_calls) == 3
+    assert ["overrefusal" in r for r in recs] == [True, False]
     assert all(REMINDER not in p for prompts, _ in vanilla_calls for p in prompts)
     assert all(p.endswith("\n" + REMINDER) for prompts, _ in edited_calls for p in prompts)
     for prompts in _Recorder.seen:  # the judge: first half vanilla prompts, second half edited ones

@@ -118,6 +118,11 @@ def pareto_plot(rows: list[dict], targets: Targets, path: Path) -> Path | None:
         bound = targets.max_overrefusal if xk == "overrefusal" else targets.max_kqa_drop
         if bound is not None:
             ax.axvline(bound, color="#c0392b", ls="--", lw=0.8)
+        vanilla = next((r["metrics"].get(f"{yk}_vanilla") for r in pts if r["metrics"].get(f"{yk}_vanilla") is not None), None)
+        if vanilla is not None:
+            ax.axhline(vanilla, color="#999999", ls=":", lw=1)
+            ax.annotate("vanilla", (0, vanilla), xycoords=("axes fraction", "data"), fontsize=7, color="#777777",
+                        xytext=(2, 2), textcoords="offset points")
         if yk == "DS" and targets.min_ds is not None:
             ax.axhline(targets.min_ds, color="#c0392b", ls="--", lw=0.8)
         ax.set_xlabel(xlabel)
@@ -125,7 +130,7 @@ def pareto_plot(rows: list[dict], targets: Targets, path: Path) -> Path | None:
         if not have:
             ax.text(0.5, 0.5, "not measured", ha="center", transform=ax.transAxes)
     fig.suptitle("Trials (filled: meets the bounds; hollow: misses one; x: pruned; star: starting settings; "
-                 "ring: best; line: Pareto front)", fontsize=9)
+                 "ring: best; line: Pareto front; dotted: vanilla)", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

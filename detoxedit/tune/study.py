@@ -328,7 +328,7 @@ def write_best_yaml(path: Path, cfg: RunConfig, best: dict, targets: Targets, n_
         return "-" if v is None else f"{v:.1f}"
     status = "meets every bound" if not best["missed"] else "NO trial met every bound; closest: misses " + \
         ", ".join(sorted(best["missed"]))
-    head = [f"# {cfg.method} settings chosen by detoxedit tune (trial {best['number']} of {n_trials}).",
+    head = [f"# {cfg.method} settings chosen by detoxedit tune: trial {best['number']}, the best of {n_trials} trials.",
             f"# model {cfg.model}; data {cfg.data} split {cfg.split}, {m['n_cases']} cases; judge {cfg.judge}; "
             f"{cfg.max_new_tokens or 'method default'} new tokens.",
             f"# objective: max {targets.objective} s.t. DS >= {targets.min_ds}, over-refusal <= {targets.max_overrefusal}, "
