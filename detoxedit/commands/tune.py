@@ -4,8 +4,8 @@ Every trial is a ``bench`` run of the method with one setting from its declared 
 cases the run flags select (``--split val`` by default; ``--per-category``, ``--limit``, ``--cases``),
 judged by ``--judge``. The objective: maximise DG-Avg (``--objective``) of the edited model subject to
 DS >= ``--min-ds``, over-refusal <= ``--max-overrefusal``, KQA drop <= ``--max-kqa-drop``, fluency drop
-<= ``--max-fluency-drop`` and answers cut by the token limit <= ``--max-cut-increase`` more (pass
-``none`` to drop a bound). The first trial runs the starting settings (``--method-config`` and
+<= ``--max-fluency-drop``, answers cut by the token limit <= ``--max-cut-increase`` more, and edits
+that fail their own validation <= ``--max-failed-edits`` (pass ``none`` to drop a bound). The first trial runs the starting settings (``--method-config`` and
 ``--hparam``; a ``--hparam`` also keeps that setting fixed in every trial).
 
 Writes into ``--out DIR``: ``best.yaml`` (for ``bench --method-config``), ``tune.html`` (table and Pareto
@@ -57,6 +57,8 @@ def register(sub) -> None:
     p.add_argument("--max-cut-increase", type=_bound, default=t.max_cut_increase,
                    help="most increase in the %% of answers that run to the token limit, points "
                         f"(default: {t.max_cut_increase})")
+    p.add_argument("--max-failed-edits", type=_bound, default=t.max_failed_edits,
+                   help=f"most edits whose own validation failed, %% of those checked (default: {t.max_failed_edits})")
     p.add_argument("--no-prune", action="store_true", help="run every trial to its last case")
     p.add_argument("--prune-after", type=int, default=3, help="cases before the median pruner may stop a trial "
                                                               "(default: 3)")
@@ -72,7 +74,7 @@ def run(args) -> int:
     cfg = run_config(args, defaults=TUNE_DEFAULTS)
     targets = Targets(objective=args.objective, min_ds=args.min_ds, max_overrefusal=args.max_overrefusal,
                       max_kqa_drop=args.max_kqa_drop, max_fluency_drop=args.max_fluency_drop,
-                      max_cut_increase=args.max_cut_increase)
+                      max_cut_increase=args.max_cut_increase, max_failed_edits=args.max_failed_edits)
     opts = TuneOptions(trials=args.trials, prune=not args.no_prune, prune_after=args.prune_after)
     summary = run_tune(cfg, targets, opts, args.out, progress=args.progress)
     best = summary.get("best")

@@ -36,7 +36,7 @@ def markdown(cfg: RunConfig, targets: Targets, opts, space: list, n_layers: int,
              f"Objective: maximise {targets.objective} of the edited model subject to DS >= {targets.min_ds}, "
              f"over-refusal <= {targets.max_overrefusal}, KQA drop <= {targets.max_kqa_drop} points, fluency drop "
              f"<= {targets.max_fluency_drop}, answers cut by the token limit +{targets.max_cut_increase} points at "
-             "most (None: not checked)."]
+             f"most, failed edits <= {targets.max_failed_edits}% (None: not checked)."]
     missing = unchecked([r["metrics"] for r in done], targets)
     if missing:
         lines.append(f"Not measured in any trial, so not checked: {', '.join(missing)}.")

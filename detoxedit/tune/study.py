@@ -93,6 +93,10 @@ def save_study_doc(out: Path, doc: dict[str, Any]) -> None:
     if path.exists():
         old = yaml.safe_load(path.read_text()) or {}
         old.pop("trials", None)
+        # a setting added after the study was saved counts as its default there (as bench's run config)
+        old["targets"] = {**Targets().to_dict(), **(old.get("targets") or {})}
+        old["options"] = {**{k: v for k, v in dataclasses.asdict(TuneOptions()).items() if k != "trials"},
+                          **(old.get("options") or {})}
         norm = json.loads(json.dumps(doc, default=str))
         old = json.loads(json.dumps(old, default=str))
         diff = sorted(k for k in norm if old.get(k) != norm[k])
@@ -277,7 +281,7 @@ def trial_rows(study, targets: Targets, out: Path | None = None, judge: str = "d
 
     rows = []
     for t in study.get_trials(deepcopy=False):
-        if t.user_attrs.get("stale") or t.state == TrialState.RUNNING:
+        if t.user_attrs.get("stale") or t.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
         metrics = t.user_attrs.get("metrics")
         run_dir = out / t.user_attrs["run_dir"] if out is not None and t.user_attrs.get("run_dir") else None
@@ -333,7 +337,7 @@ def write_best_yaml(path: Path, cfg: RunConfig, best: dict, targets: Targets, n_
             f"{cfg.max_new_tokens or 'method default'} new tokens.",
             f"# objective: max {targets.objective} s.t. DS >= {targets.min_ds}, over-refusal <= {targets.max_overrefusal}, "
             f"KQA drop <= {targets.max_kqa_drop}, fluency drop <= {targets.max_fluency_drop}, "
-            f"cut increase <= {targets.max_cut_increase}: {status}.",
+            f"cut increase <= {targets.max_cut_increase}, failed edits <= {targets.max_failed_edits}%: {status}.",
             f"# on that split: DS {f('DS')}, DG-Avg {f('DG-Avg')}, over-refusal {f('overrefusal')}, "
             f"KQA drop {f('kqa_drop')}, fluency drop {f('fluency_drop')}.",
             f"# tuned: {', '.join(sorted(best['overrides'])) or '-'}.",
