@@ -263,10 +263,13 @@ class Runner:
         meta["uses_instance"] = instance
         if instance:
             meta.setdefault("unsafe_source", case.unsafe_source)
+        # whether each answer ended its turn before the token limit (an edit that makes answers loop)
+        ended = {"vanilla": {k: answer_ended(tok, a, settings.max_new_tokens) for k, a in zip(keys, vanilla)},
+                 "edited": {k: answer_ended(tok, a, post_settings.max_new_tokens) for k, a in zip(keys, edited)}}
         ds = keys.index("DS") if "DS" in keys else None
         meta["validation"] = validate_answer(
             edit.meta.get("validation"), None if ds is None else labels[n + ds],
-            None if ds is None else answer_ended(tok, edited[ds], post_settings.max_new_tokens), cfg.judge, instance)
+            None if ds is None else ended["edited"]["DS"], cfg.judge, instance)
         rec = {
             "case_id": str(record.id),
             "index": index,
@@ -281,9 +284,7 @@ class Runner:
             "labels": {cfg.judge: {"vanilla": dict(zip(keys, labels[:n])),
                                    "edited": dict(zip(keys, labels[n:]))}},
             "fluency": {"vanilla": n_gram_entropy(vanilla), "edited": n_gram_entropy(edited)},
-            # whether each answer ended its turn before the token limit (an edit that makes answers loop)
-            "ended": {"vanilla": {k: answer_ended(tok, a, settings.max_new_tokens) for k, a in zip(keys, vanilla)},
-                      "edited": {k: answer_ended(tok, a, post_settings.max_new_tokens) for k, a in zip(keys, edited)}},
+            "ended": ended,
             "edit": meta,
             "vanilla_cached": n_cached,
             "timings": {"vanilla_generation_s": t_vanilla, "edit_s": t_edit, "edited_generation_s": t_edited,
@@ -343,7 +344,6 @@ class Runner:
                "max_new_tokens": OVERREFUSAL_MAX_NEW_TOKENS}
         return out
 
-
     def kqa_vanilla(self, model, tok, settings, cache) -> None:
         """Load the KQA questions and the vanilla answers to them, once per runner (see :meth:`kqa`); must
         run while no edit is applied."""
@@ -357,7 +357,14 @@ class Runner:
         kqa_settings = dataclasses.replace(settings, max_new_tokens=kqa.MAX_NEW_TOKENS, do_sample=False)
         prompts = kqa.prompts(items)
         vanilla, _ = cache.generate(model, tok, prompts, kqa_settings)
-        self._kqa_items = (items, kqa_settings, prompts, vanilla)
+        self._kqa_items = (items, kqa_settings, prompts, vanilla, self._kqa_correct(items, vanilla))
+
+    @staticmethod
+    def _kqa_correct(items, answers) -> list[bool]:
+        """Which answers contain a gold answer (``general.kqa``'s headline ``contains`` match)."""
+        from detoxedit.general import kqa
+
+        return [r["contains"] for r in kqa.score(items, answers, n_resamples=1)["per_item"]]
 
     def kqa(self, model, tok, method: PreparedMethod) -> dict:
         """KQA of one edit: the vanilla and edited answers to the first ``cfg.kqa_items`` built-in KQA
@@ -372,13 +379,11 @@ class Runner:
         from detoxedit.general import kqa
         from detoxedit.models.generate import generate
 
-        items, kqa_settings, prompts, vanilla = self._kqa_items
+        items, kqa_settings, prompts, vanilla, vanilla_correct = self._kqa_items
         edited_prompts, post_settings = edited_side(method.editor, prompts, kqa_settings)
         edited = generate(model, tok, edited_prompts, post_settings)
-        right = {side: [r["contains"] for r in kqa.score(items, answers, n_resamples=1)["per_item"]]
-                 for side, answers in (("vanilla", vanilla), ("edited", edited))}
         return {"ids": [it.id for it in items], "vanilla": list(vanilla), "edited": list(edited),
-                "vanilla_correct": right["vanilla"], "edited_correct": right["edited"],
+                "vanilla_correct": list(vanilla_correct), "edited_correct": self._kqa_correct(items, edited),
                 "max_new_tokens": kqa.MAX_NEW_TOKENS}
 
 

@@ -16,9 +16,8 @@ def _num(v, digits: int = 1) -> str:
 
 
 def _setting(over: dict[str, Any]) -> str:
-    def fmt(v):
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-    return ", ".join(f"{k}={fmt(v)}" for k, v in over.items()).replace("|", "/") or "-"
+    """A trial's overrides for a Markdown cell."""
+    return sp.format_overrides(over).replace("|", "/") or "-"
 
 
 def markdown(cfg: RunConfig, targets: Targets, opts, space: list, n_layers: int, rows: list[dict],

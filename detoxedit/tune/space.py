@@ -83,6 +83,11 @@ def overrides(params: dict[str, Any], space: Sequence[Dim]) -> dict[str, Any]:
     return out
 
 
+def format_overrides(over: dict[str, Any]) -> str:
+    """``lr=0.000106, layers=[], ...``: a trial's overrides in one line (floats to 3 significant digits)."""
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in over.items())
+
+
 def base_params(base: dict[str, Any], space: Sequence[Dim], n_layers: int) -> dict[str, Any]:
     """The dimension values that reproduce the starting settings ``base`` (a resolved hyper-parameter
     dict), for the first trial. A dimension whose value the base cannot be expressed in (e.g. a layer

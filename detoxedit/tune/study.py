@@ -206,7 +206,7 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
         trial.set_user_attr("overrides", over)
         trial.set_user_attr("run_dir", str(run_dir.relative_to(out)))
         tcfg = RunConfig(**{**cfg.to_dict(), "hparams": {**cfg.hparams, **over}})
-        label = "starting settings" if trial.user_attrs.get("baseline") else _short(over)
+        label = "starting settings" if trial.user_attrs.get("baseline") else sp.format_overrides(over)
         echo(f"trial {trial.number} ({_finished(study) + 1}/{opts.trials}): {label}")
 
         def on_record(rec, records, trial=trial):
@@ -251,12 +251,6 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
         echo("  " + _metrics_line(metrics, violations(metrics, targets)))
         write_outputs(out, study, cfg, targets, opts, space, n_layers)
     return write_outputs(out, study, cfg, targets, opts, space, n_layers)
-
-
-def _short(over: dict[str, Any]) -> str:
-    def fmt(v):
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-    return ", ".join(f"{k}={fmt(v)}" for k, v in over.items())
 
 
 def _metrics_line(m: dict[str, Any], missed: dict[str, float]) -> str:
