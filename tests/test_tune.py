@@ -61,6 +61,22 @@ def test_suggestions_become_overrides_and_the_starting_settings_map_back():
     assert "layers" not in sp.base_params({**base, "layers": [3]}, space, 30)
 
 
+def test_a_try_setting_is_read_in_the_search_s_own_names_and_checked():
+    space = sp.active_space(DINMHyperParams.SEARCH_SPACE, DINMHyperParams().to_dict())
+    assert sp.parse_try("layer_rule=fixed, layers=16", space, n_layers=24) == {"layer_rule": "fixed", "layers": 16}
+    assert sp.parse_try("layer_rule=fixed,layers=[16],lr=2e-4", space, 24) == {"layer_rule": "fixed", "layers": 16,
+                                                                              "lr": 2e-4}
+    # 24 blocks, last index 23: the layer dimension covers ceil(0.4 * 23) = 10 .. 23
+    for text, why in [("layers=16", "only with layer_rule=fixed"),
+                      ("layer_rule=fixed,layers=9", r"integer in \[10, 23\]"),
+                      ("layer_rule=fixed,layers=16.5", "integer"),
+                      ("layer_rule=last", "one of euclidean, normalized, fixed"),
+                      ("lr=1", r"number in \[0.0001, 0.003\]"), ("lr=fast", "must be a number"),
+                      ("beta=0.1", "not a searched dimension"), ("lr", "not NAME=VALUE"), (" , ", "no NAME=VALUE")]:
+        with pytest.raises(DetoxEditError, match=why):
+            sp.parse_try(text, space, 24)
+
+
 # --- the objective ------------------------------------------------------------------------------------
 
 
@@ -243,3 +259,29 @@ def test_a_person_s_labels_in_a_trial_run_re_rank_a_finished_study_without_the_m
     again = run_tune(RunConfig(**cfg.to_dict()), Targets(min_ds=None), TuneOptions(trials=1), out, echo=lambda s: None)
     assert again["best"]["metrics"]["human_read"] == 2 and again["best"]["metrics"]["DS"] == 100.0
     assert json.loads((out / "trials.jsonl").read_text().splitlines()[0])["metrics"]["DS"] == 100.0
+
+
+def test_a_try_setting_runs_right_after_the_starting_one_and_only_once(tiny_run):
+    from detoxedit.tune.study import TuneOptions, run_tune
+
+    model_dir, data, tmp = tiny_run
+    cfg = RunConfig(model=str(model_dir), data=str(data), split="val", judge="refusal", max_new_tokens=4,
+                    limit=1, overrefusal_items=1, kqa_items=1,
+                    hparams={"max_length": 96, "step_size": "fixed", "num_steps": 1})
+    out, tries = tmp / "tune", ("layer_rule=fixed,layers=2,lr=3e-4",)
+    bad = TuneOptions(trials=2, tries=("layer_rule=fixed,layers=1",))
+    with pytest.raises(DetoxEditError, match="layers must be an integer"):  # checked before any trial runs
+        run_tune(RunConfig(**cfg.to_dict()), Targets(min_ds=None), bad, tmp / "bad", echo=lambda s: None)
+    assert not (tmp / "bad" / "trials").exists()
+    run_tune(RunConfig(**cfg.to_dict()), Targets(min_ds=None), TuneOptions(trials=2, tries=tries), out,
+             echo=lambda s: None)
+    study = optuna.load_study(study_name="detoxedit-tune", storage=f"sqlite:///{out / 'study.db'}")
+    assert [t.user_attrs.get("try") for t in study.trials] == [None, tries[0]]
+    over = study.trials[1].user_attrs["overrides"]
+    assert over["lr"] == 3e-4 and over["layers"] == [2] and "kl_factor" in over  # dimensions not named: drawn
+    # a rerun with more trials does not queue the same try again: the third trial is the sampler's
+    run_tune(RunConfig(**cfg.to_dict()), Targets(min_ds=None), TuneOptions(trials=3, tries=tries), out,
+             echo=lambda s: None)
+    study = optuna.load_study(study_name="detoxedit-tune", storage=f"sqlite:///{out / 'study.db'}")
+    assert len(study.trials) == 3 and "try" not in study.trials[2].user_attrs
+    assert "(--try)" in (out / "tune.md").read_text()

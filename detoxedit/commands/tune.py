@@ -59,6 +59,10 @@ def register(sub) -> None:
                         f"(default: {t.max_cut_increase})")
     p.add_argument("--max-failed-edits", type=_bound, default=t.max_failed_edits,
                    help=f"most edits whose own validation failed, %% of those checked (default: {t.max_failed_edits})")
+    p.add_argument("--try", dest="tries", action="append", default=[], metavar="NAME=VALUE[,NAME=VALUE]",
+                   help="a setting to run right after the starting one, in the search's own dimension names "
+                        "(e.g. 'layer_rule=fixed,layers=16'; dimensions it does not name are drawn); repeat for more. "
+                        "Queued once per study")
     p.add_argument("--no-prune", action="store_true", help="run every trial to its last case")
     p.add_argument("--prune-after", type=int, default=3, help="cases before the median pruner may stop a trial "
                                                               "(default: 3)")
@@ -75,7 +79,8 @@ def run(args) -> int:
     targets = Targets(objective=args.objective, min_ds=args.min_ds, max_overrefusal=args.max_overrefusal,
                       max_kqa_drop=args.max_kqa_drop, max_fluency_drop=args.max_fluency_drop,
                       max_cut_increase=args.max_cut_increase, max_failed_edits=args.max_failed_edits)
-    opts = TuneOptions(trials=args.trials, prune=not args.no_prune, prune_after=args.prune_after)
+    opts = TuneOptions(trials=args.trials, prune=not args.no_prune, prune_after=args.prune_after,
+                       tries=tuple(args.tries))
     summary = run_tune(cfg, targets, opts, args.out, progress=args.progress)
     best = summary.get("best")
     if best is None:

@@ -65,7 +65,7 @@ def markdown(cfg: RunConfig, targets: Targets, opts, space: list, n_layers: int,
                 return "-"
             c = ci.get(k)
             return f"{v:.1f}" + (f" [{c[0]:.0f}, {c[1]:.0f}]" if c and None not in c else "")
-        state = r["state"] + (" (start)" if r["baseline"] else "")
+        state = r["state"] + (" (start)" if r["baseline"] else " (--try)" if r.get("tried") else "")
         misses = ", ".join(sorted(r["missed"])) if r["missed"] else ("-" if m else "")
         if r["pruned"]:
             misses = (misses + "; " if misses and misses != "-" else "") + "pruned: " + r["pruned"]

@@ -117,6 +117,50 @@ def base_params(base: dict[str, Any], space: Sequence[Dim], n_layers: int) -> di
     return params
 
 
+def parse_try(text: str, space: Sequence[Dim], n_layers: int) -> dict[str, Any]:
+    """``--try 'layer_rule=fixed,layers=16'``: the dimension values of one setting to run early (Optuna
+    ``enqueue_trial``), checked against the active ``space``: a name that is not searched, a value outside
+    its range or choices, or a conditional dimension without its condition fails with one line."""
+    from detoxedit.settings import parse_assignments
+
+    dims = {d.name: d for d in space}
+    params: dict[str, Any] = {}
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    for part in parts:
+        if "=" not in part:
+            raise DetoxEditError(f"--try {text!r}: {part!r} is not NAME=VALUE")
+    for name, value in parse_assignments(parts, flag="--try").items():
+        if name not in dims:
+            raise DetoxEditError(f"--try {text!r}: {name!r} is not a searched dimension "
+                                 f"(searched: {', '.join(dims) or 'none'})")
+        dim = dims[name]
+        if dim.kind == "choice":
+            if value not in dim.choices:
+                raise DetoxEditError(f"--try {text!r}: {name} must be one of {', '.join(map(str, dim.choices))}")
+        else:
+            if isinstance(value, list) and len(value) == 1:  # layers=[16] reads like the hparam
+                value = value[0]
+            if isinstance(value, str):  # YAML reads 2e-4 as text
+                try:
+                    value = float(value)
+                except ValueError:
+                    pass
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise DetoxEditError(f"--try {text!r}: {name} must be a number, not {value!r}")
+            lo, hi = layer_range(dim, n_layers) if dim.kind == "layer" else (dim.low, dim.high)
+            if not lo <= value <= hi or (dim.kind in ("int", "layer") and value != int(value)):
+                kind = "an integer" if dim.kind in ("int", "layer") else "a number"
+                raise DetoxEditError(f"--try {text!r}: {name} must be {kind} in [{lo:g}, {hi:g}]")
+            value = float(value) if dim.kind == "float" else int(value)
+        params[name] = value
+    for dim in space:
+        if dim.when is not None and dim.name in params and params.get(dim.when[0]) != dim.when[1]:
+            raise DetoxEditError(f"--try {text!r}: {dim.name} applies only with {dim.when[0]}={dim.when[1]}")
+    if not params:
+        raise DetoxEditError("--try: no NAME=VALUE given")
+    return params
+
+
 def describe(space: Sequence[Dim], n_layers: int | None = None) -> list[str]:
     """One line per dimension, for the tuning page and ``--help``-style listings."""
     lines = []

@@ -58,6 +58,10 @@ class TuneOptions:
     """Cases a trial runs before the median pruner may stop it."""
     startup_trials: int | None = None
     """Trials drawn at random before TPE models the results (None: a third of ``trials``, 2 to 10)."""
+    tries: tuple[str, ...] = ()
+    """``--try`` settings (``NAME=VALUE,...`` over the searched dimensions) to run after the starting
+    settings, before the sampler draws (dimensions a try does not name are drawn); each is queued once per
+    study, so a rerun does not repeat it."""
 
 
 class _Pruned(Exception):
@@ -79,10 +83,15 @@ def trial_key(overrides: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+_NOT_DECIDING = ("trials", "tries")
+"""Options a rerun of the same study may change."""
+
+
 def study_doc(cfg: RunConfig, targets: Targets, opts: TuneOptions, space: list) -> dict[str, Any]:
-    """What decides a study (saved as ``tune.yaml``; ``trials`` may grow between runs)."""
+    """What decides a study (saved as ``tune.yaml``; ``trials`` may grow and ``--try`` settings may be
+    added between runs)."""
     return {"format": TUNE_FORMAT, "run": cfg.to_dict(), "targets": targets.to_dict(),
-            "options": {k: v for k, v in dataclasses.asdict(opts).items() if k != "trials"},
+            "options": {k: v for k, v in dataclasses.asdict(opts).items() if k not in _NOT_DECIDING},
             "space": [dataclasses.asdict(d) for d in space]}
 
 
@@ -95,7 +104,7 @@ def save_study_doc(out: Path, doc: dict[str, Any]) -> None:
         old.pop("trials", None)
         # a setting added after the study was saved counts as its default there (as bench's run config)
         old["targets"] = {**Targets().to_dict(), **(old.get("targets") or {})}
-        old["options"] = {**{k: v for k, v in dataclasses.asdict(TuneOptions()).items() if k != "trials"},
+        old["options"] = {**{k: v for k, v in dataclasses.asdict(TuneOptions()).items() if k not in _NOT_DECIDING},
                           **(old.get("options") or {})}
         norm = json.loads(json.dumps(doc, default=str))
         old = json.loads(json.dumps(old, default=str))
@@ -130,8 +139,9 @@ def _requeue_interrupted(study, echo) -> None:
         study._storage.set_trial_user_attr(t._trial_id, "stale", True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         attrs = {"resumes": t.number}
-        if t.user_attrs.get("baseline"):
-            attrs["baseline"] = True
+        for kept in ("baseline", "try"):
+            if t.user_attrs.get(kept):
+                attrs[kept] = t.user_attrs[kept]
         study.enqueue_trial(t.params, user_attrs=attrs)
         echo(f"trial {t.number} was interrupted; its settings run again (its finished cases are kept)")
 
@@ -191,8 +201,13 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
               if opts.prune else optuna.pruners.NopPruner())
     study = optuna.create_study(study_name=STUDY_NAME, storage=f"sqlite:///{(out / 'study.db').resolve()}",
                                 load_if_exists=True, direction="maximize", sampler=sampler, pruner=pruner)
+    tries = [(text, sp.parse_try(text, space, n_layers)) for text in opts.tries]  # all checked first
     if not study.trials:
         study.enqueue_trial(sp.base_params(base, space, n_layers), user_attrs={"baseline": True})
+    queued = {t.user_attrs.get("try") for t in study.get_trials(deepcopy=False)}
+    for text, params in tries:
+        if text not in queued:
+            study.enqueue_trial(params, user_attrs={"try": text})
     _requeue_interrupted(study, echo)
 
     while _finished(study) < opts.trials:
@@ -284,7 +299,7 @@ def trial_rows(study, targets: Targets, out: Path | None = None, judge: str = "d
             if records:
                 metrics = trial_metrics(records, judge, seed=seed, run_dir=run_dir)
         rows.append({"number": t.number, "state": t.state.name.lower(), "baseline": bool(t.user_attrs.get("baseline")),
-                     "params": dict(t.params), "overrides": t.user_attrs.get("overrides", {}),
+                     "tried": bool(t.user_attrs.get("try")), "params": dict(t.params), "overrides": t.user_attrs.get("overrides", {}),
                      "run_dir": t.user_attrs.get("run_dir"), "metrics": metrics,
                      "missed": violations(metrics, targets) if metrics else None,
                      "pruned": t.user_attrs.get("pruned"), "error": t.user_attrs.get("error"),
