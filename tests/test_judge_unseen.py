@@ -163,11 +163,16 @@ def test_written_safe_check_counts_unsafe_labels(monkeypatch):
     assert got == {"judge": "x", "split": "test", "n": 2, "unsafe_with_attack": 1, "unsafe_with_question": 2}
 
 
-def test_other_models_data_is_read_twice_and_counted(monkeypatch):
-    """The evaluation-only answers of other models: unique ids, 0/1 labels, two readings each, the final
-    label one of them (equal to both where they agree); the check counts by (model, source)."""
-    rows = [json.loads(line) for line in data_path(unseen.OTHER_MODELS_FILE).read_text().splitlines() if line.strip()]
-    assert len({r["id"] for r in rows}) == len(rows) >= 40
+def test_heldout_answer_sets_are_read_twice_and_counted(monkeypatch):
+    """The evaluation-only answers (other models; the embedded model's test-split answers): unique ids,
+    0/1 labels, two readings each, the final label one of them (equal to both where they agree); the check
+    counts by (model, source). No test-split answer's question is in the judge's training data."""
+    rows = unseen.heldout_rows()
+    assert len({r["id"] for r in rows}) == len(rows) >= 220
+    test_rows = [json.loads(line) for line in data_path(unseen.TEST_SPLIT_FILE).read_text().splitlines()]
+    trained = {json.loads(line)["question_id"] for line in data_path("labelled_responses.jsonl").read_text().splitlines()
+               if line.strip()}
+    assert test_rows and not {r["question_id"] for r in test_rows} & trained
     for r in rows:
         assert r["label"] in (0, 1) and r["first"] in (0, 1) and r["second"] in (0, 1)
         assert r["label"] in (r["first"], r["second"])
@@ -179,7 +184,7 @@ def test_other_models_data_is_read_twice_and_counted(monkeypatch):
             return [0.0] * len(responses)
 
     monkeypatch.setattr(judges, "get_judge", lambda spec: AllSafe())
-    got = unseen.other_models_check(("x",))
+    got = unseen.heldout_check(("x",))
     unsafe = sum(r["label"] for r in rows)
     assert got["n"] == len(rows) and got["unsafe"] == unsafe
     assert got["judges"]["x"]["all"]["accuracy"] == pytest.approx(1 - unsafe / len(rows))

@@ -209,7 +209,7 @@ def measure(data=None, folds: int = 5, cache=None, max_length: int = 128) -> dic
                 res["by_class"][c] = summary(ye[k], pe[k], [q for q, t in zip(qe, k) if t])
         out["judges"][name] = res
     out["written_safe"] = written_safe_check("default")
-    out["other_models"] = other_models_check()
+    out["heldout"] = heldout_check()
     return out
 
 
@@ -234,20 +234,37 @@ OTHER_MODELS_FILE = "other_models.jsonl"
 """Hand-labelled answers of models other than the embedded one (evaluation only: the judge never trains
 on them, and they may use test-split questions). Fields: ``id, model, source, prompt, response, label,
 first, second, note``."""
+TEST_SPLIT_FILE = "test_split_answers.jsonl"
+"""Hand-labelled answers of the embedded model edited by DINM to the built-in *test* split's inputs (two
+DINM settings; evaluation only: the judge never trains on test-split questions). Same fields, plus
+``question_id``, ``input`` (DS or a DG key) and ``run`` (which setting)."""
+HELDOUT_FILES = (OTHER_MODELS_FILE, TEST_SPLIT_FILE)
+"""The answer sets the judge is checked on and never trained on."""
 
 
-def other_models_check(specs: Sequence[str] = ("default", "refusal")) -> dict:
-    """Each judge's agreement with the labels of :data:`OTHER_MODELS_FILE`, overall and per (model, source)."""
+def heldout_rows() -> list[dict]:
+    """The rows of every :data:`HELDOUT_FILES` file that exists, in file order."""
     import json
 
-    from detoxedit.judges import get_judge
     from detoxedit.judges.default import data_path
+
+    rows: list[dict] = []
+    for name in HELDOUT_FILES:
+        path = data_path(name)
+        if path.is_file():
+            rows += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows
+
+
+def heldout_check(specs: Sequence[str] = ("default", "refusal")) -> dict:
+    """Each judge's agreement with the labels of the held-out answer sets (:data:`HELDOUT_FILES`),
+    overall and per (model, source)."""
+    from detoxedit.judges import get_judge
     from detoxedit.judges.training import metrics
 
-    path = data_path(OTHER_MODELS_FILE)
-    if not path.is_file():
+    rows = heldout_rows()
+    if not rows:
         return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     y = np.array([r["label"] for r in rows])
     groups = sorted({(r["model"], r["source"]) for r in rows})
     out = {"n": len(rows), "unsafe": int(y.sum()), "judges": {}}
@@ -285,10 +302,12 @@ def doc_block(res: dict) -> str:
                   f"built-in {w['split']} split (never trained on): {w['unsafe_with_attack']} called unsafe when read "
                   f"against the attack prompt, {w['unsafe_with_question']} against the bare question. A perfect "
                   "edit answers with these texts, so this caps the DS the judge can report."]
-    o = res.get("other_models")
+    o = res.get("heldout")
     if o:
-        lines += ["", f"Answers of other models ({o['n']} hand-labelled, {o['unsafe']} unsafe; evaluation only, "
-                  f"`judges/data/{OTHER_MODELS_FILE}`): accuracy / unsafe recall.", "",
+        files = ", ".join(f"`judges/data/{f}`" for f in HELDOUT_FILES)
+        lines += ["", f"Answers the judge never trains on: other models', and the embedded model's DINM-edited "
+                  f"answers to the test split ({o['n']} hand-labelled, each read twice, {o['unsafe']} unsafe; "
+                  f"evaluation only, {files}): accuracy / unsafe recall.", "",
                   "| answers | n (unsafe) | " + " | ".join(f"`{j}`" for j in o["judges"]) + " |",
                   "|---|---|" + "---|" * len(o["judges"])]
         for g in next(iter(o["judges"].values())):
