@@ -24,14 +24,19 @@ def records_path(run_dir: Path, shard: tuple[int, int]) -> Path:
 
 
 def read_run_records(run_dir: Path, pattern: str = "records*.jsonl") -> list[dict]:
-    """All complete records of a run, over every shard file, in file order (first copy of an id wins)."""
+    """All complete records of a run, over every shard file (first copy of an id wins), in case order.
+
+    Records are ordered by their ``index`` (the case's place in the split; records without one keep their
+    file order, after those with one), so a run split into shards reads back in the order one process
+    would have written it: the bootstrap intervals of a report draw cases by position, and would
+    otherwise change with the number of shards."""
     seen, out = set(), []
     for path in sorted(Path(run_dir).glob(pattern)):
         for rec in read_jsonl(path)[0]:
             if rec["case_id"] not in seen:
                 seen.add(rec["case_id"])
                 out.append(rec)
-    return out
+    return sorted(out, key=lambda r: (r.get("index") is None, r.get("index") or 0))
 
 
 class RecordWriter:
