@@ -61,6 +61,11 @@ class RunConfig:
         None, "chat template or raw text (default: the method's setting; chat when the tokenizer has a "
               "template)", choices=("chat", "raw"))
     batch_size: int = setting(8, "prompts generated together")
+    batch_cases: int = setting(1, "per-instance methods (dinm, ft-l, mend): edit K cases one after another, then "
+                                  "generate their edited answers together (--batch-size rows at a time), each "
+                                  "row through its own case's edit; the vanilla answers of all cases are "
+                                  "generated first. Same answers as 1 (the case-by-case path) up to float "
+                                  "rounding of differently sized batches")
     seed: int = setting(0, "random seed (decoding is greedy unless a method samples)")
     save_edits: bool = setting(False, "also write every case's Edit (safetensors + JSON) under RUN_DIR/edits/")
     artifact: str | None = setting(None, "methods trained on a split first (mend, sft, dpo, ext-sub): the "
@@ -101,7 +106,8 @@ class RunConfig:
             value = getattr(self, f.name)
             if choices and value is not None and value not in choices:
                 bad(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
-        for name in ("per_category", "limit", "max_new_tokens", "train_limit", "batch_size"):
+        for name in ("per_category", "limit", "max_new_tokens", "train_limit", "batch_size",
+                     "batch_cases"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 bad(f"{name} must be >= 1")

@@ -5,6 +5,10 @@ computed once and reused by later runs and by other methods. Entries are grouped
 identifies the generator (for a loaded model, :func:`model_key`; for the data builder's generator, a hash
 of its description) and keyed by the settings and the prompt. Each entry is one small JSON file written
 atomically, which keeps the cache safe for several shard processes at once.
+
+:meth:`ResponseCache.prefetch` fills the cache for many prompts at once (the runner's vanilla phase with
+``--batch-cases``): the missing prompts go through one ``generate`` call, which sorts them by token length
+so each batch holds prompts of similar length, and every batch is stored as soon as it is decoded.
 """
 
 from __future__ import annotations
@@ -80,3 +84,18 @@ class ResponseCache:
         from detoxedit.models.generate import generate
 
         return self.complete(prompts, settings, lambda missing: generate(model, tok, missing, settings))
+
+    def prefetch(self, model, tok, prompts: Sequence[str], settings, progress: bool = False) -> list[str]:
+        """Generate and store the responses to those of ``prompts`` not cached yet (each once), in
+        length-sorted batches of ``settings.batch_size``, each batch stored as soon as it is decoded (a
+        killed run keeps what it finished). Returns the prompts it generated, in first-seen order."""
+        from detoxedit.models.generate import generate
+
+        missing = list(dict.fromkeys(p for p in prompts if self.get(settings, p) is None))
+        if missing:
+            def store(positions: list[int], responses: list[str]) -> None:
+                for i, r in zip(positions, responses):
+                    self.put(settings, missing[i], r)
+
+            generate(model, tok, missing, settings, progress=progress, on_batch=store)
+        return missing

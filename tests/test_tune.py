@@ -285,3 +285,22 @@ def test_a_try_setting_runs_right_after_the_starting_one_and_only_once(tiny_run)
     study = optuna.load_study(study_name="detoxedit-tune", storage=f"sqlite:///{out / 'study.db'}")
     assert len(study.trials) == 3 and "try" not in study.trials[2].user_attrs
     assert "(--try)" in (out / "tune.md").read_text()
+
+
+def test_a_study_saved_before_a_run_setting_existed_resumes_and_result_neutral_settings_may_change(tmp_path):
+    import yaml
+
+    from detoxedit.tune.study import TuneOptions, save_study_doc, study_doc
+
+    cfg = RunConfig(model="m", data="d", split="val")
+    doc = study_doc(cfg, Targets(), TuneOptions(), [])
+    save_study_doc(tmp_path, doc)
+    saved = yaml.safe_load((tmp_path / "tune.yaml").read_text())
+    del saved["run"]["batch_cases"]  # as a study written before the setting existed
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(saved))
+    save_study_doc(tmp_path, doc)  # the missing setting counts as its default
+    save_study_doc(tmp_path, study_doc(RunConfig(**{**cfg.to_dict(), "batch_cases": 4, "batch_size": 2}),
+                                       Targets(), TuneOptions(), []))  # does not change results
+    with pytest.raises(DetoxEditError, match=r"other settings \(run\)"):
+        save_study_doc(tmp_path, study_doc(RunConfig(**{**cfg.to_dict(), "max_new_tokens": 7}),
+                                           Targets(), TuneOptions(), []))

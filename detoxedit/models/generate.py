@@ -12,13 +12,21 @@ has the details):
 Inputs longer than ``max_length - max_new_tokens`` are truncated from the *left* of the user's text, so
 the harmful question, which usually sits at the end of an attack prompt, survives and the chat
 template's header is kept intact.
+
+``generate`` sorts prompts by token length and decodes them in sub-batches. Two hooks into that loop:
+``on_batch`` sees each sub-batch's responses as soon as they exist (the response cache stores them, so a
+killed run keeps them), and ``groups`` names a group per prompt (a case, in the runner's batched edited
+phase): while a sub-batch is decoded, :func:`current_row_groups` says which group every batch row belongs
+to, which is how :mod:`detoxedit.models.rowedits` gives each row its own case's edit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
 
@@ -185,18 +193,65 @@ def cut_response(tokens: Sequence[int], stop_ids: Sequence[int]) -> list[int]:
     return out
 
 
+class RowGroups:
+    """The group id of every row of the batch being decoded (see :func:`current_row_groups`)."""
+
+    def __init__(self, ids: Sequence[int]):
+        self.ids = tuple(int(g) for g in ids)
+        self._rows: dict = {}
+
+    def rows(self, group: int, device) -> torch.Tensor | None:
+        """Batch-row indices of ``group`` (a long tensor on ``device``), or None when it has no row here."""
+        key = (group, str(device))
+        if key not in self._rows:
+            idx = [r for r, g in enumerate(self.ids) if g == group]
+            self._rows[key] = torch.tensor(idx, dtype=torch.long, device=device) if idx else None
+        return self._rows[key]
+
+
+_ROW_GROUPS: contextvars.ContextVar[RowGroups | None] = contextvars.ContextVar("detoxedit_row_groups",
+                                                                               default=None)
+
+
+@contextlib.contextmanager
+def row_groups(ids: Sequence[int]) -> Iterator[RowGroups]:
+    """Inside: :func:`current_row_groups` says that batch row r belongs to group ``ids[r]``. ``generate``
+    sets it for each sub-batch; a caller running its own forward pass on a batch sets it the same way."""
+    token = _ROW_GROUPS.set(RowGroups(ids))
+    try:
+        yield _ROW_GROUPS.get()
+    finally:
+        _ROW_GROUPS.reset(token)
+
+
+def current_row_groups() -> RowGroups | None:
+    """While ``generate(..., groups=...)`` decodes a sub-batch: the group of each of its rows, in batch-row
+    order (the order ``model.generate`` sees, after length sorting and left padding); else None. Forward
+    hooks read it at every forward call (prefill and each cached decoding step: greedy decoding never
+    reorders or drops rows, so row r stays the same prompt throughout)."""
+    return _ROW_GROUPS.get()
+
+
 @torch.no_grad()
 def generate(model, tok, prompts: Sequence[str], settings: GenerationSettings = GenerationSettings(),
-             progress: bool = False) -> list[str]:
+             progress: bool = False, *, groups: Sequence[int] | None = None,
+             on_batch: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
     """Responses of ``model`` to each user prompt, in order.
 
     Prompts are sorted by length and decoded in left-padded batches of ``settings.batch_size``; the
     response of each row is the token ids after its prompt, cut at the first stop id.
+
+    ``groups``: one group id per prompt; while each sub-batch is decoded, :func:`current_row_groups`
+    gives its rows' groups (for :func:`detoxedit.models.rowedits.row_edits`). ``on_batch(positions,
+    responses)``: called after each sub-batch with the prompts' positions in ``prompts`` and their
+    responses (``ResponseCache.prefetch`` stores them as they come).
     """
     from transformers import GenerationConfig
 
     if not prompts:
         return []
+    if groups is not None and len(groups) != len(prompts):
+        raise ValueError(f"{len(groups)} group ids for {len(prompts)} prompts")
     budget = context_budget(model, settings) - settings.max_new_tokens
     encoded = [truncate_left(tok, p, budget, settings.prompt_format, settings.system_prompt)
                for p in prompts]
@@ -223,9 +278,12 @@ def generate(model, tok, prompts: Sequence[str], settings: GenerationSettings = 
         batches = tqdm(batches, desc="generate", unit="batch")
     for idx in batches:
         ids, mask = _pad_left([encoded[i] for i in idx], pid)
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                             generation_config=gen_cfg)
+        with row_groups([groups[i] for i in idx]) if groups is not None else contextlib.nullcontext():
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 generation_config=gen_cfg)
         new = out[:, ids.shape[1]:].tolist()
         for row, i in enumerate(idx):
             results[i] = tok.decode(cut_response(new[row], stops), skip_special_tokens=True).strip()
+        if on_batch is not None:
+            on_batch(list(idx), [results[i] for i in idx])
     return [r if r is not None else "" for r in results]

@@ -106,7 +106,14 @@ def save_study_doc(out: Path, doc: dict[str, Any]) -> None:
         old["targets"] = {**Targets().to_dict(), **(old.get("targets") or {})}
         old["options"] = {**{k: v for k, v in dataclasses.asdict(TuneOptions()).items() if k not in _NOT_DECIDING},
                           **(old.get("options") or {})}
-        norm = json.loads(json.dumps(doc, default=str))
+        # a run setting added since (e.g. batch_cases) counts as its default; those that do not change
+        # results (bench's RESULT_NEUTRAL) may differ between resumes
+        from detoxedit.bench.runner import RESULT_NEUTRAL
+
+        old["run"] = {k: v for k, v in {**RunConfig().to_dict(), **(old.get("run") or {})}.items()
+                      if k not in RESULT_NEUTRAL}
+        norm = json.loads(json.dumps({**doc, "run": {k: v for k, v in doc["run"].items() if k not in RESULT_NEUTRAL}},
+                                     default=str))
         old = json.loads(json.dumps(old, default=str))
         diff = sorted(k for k in norm if old.get(k) != norm[k])
         if diff:
