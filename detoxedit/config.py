@@ -60,12 +60,17 @@ class RunConfig:
     prompt_format: Literal["chat", "raw"] | None = setting(
         None, "chat template or raw text (default: the method's setting; chat when the tokenizer has a "
               "template)", choices=("chat", "raw"))
-    batch_size: int = setting(8, "prompts generated together")
-    batch_cases: int = setting(1, "per-instance methods (dinm, ft-l, mend): edit K cases one after another, then "
-                                  "generate their edited answers together (--batch-size rows at a time), each "
-                                  "row through its own case's edit; the vanilla answers of all cases are "
-                                  "generated first. Same answers as 1 (the case-by-case path) up to float "
-                                  "rounding of differently sized batches")
+    batch_size: int | None = setting(None, "prompts generated together (rows of one batch); not given: chosen "
+                                           "from the free memory and the model's size (models/memory.py), "
+                                           "logged and saved in the run's config.yaml; a batch that runs out "
+                                           "of memory is retried at half the size")
+    batch_cases: int | None = setting(
+        None, "per-instance methods (dinm, ft-l, mend): edit K cases one after another, then "
+              "generate their edited answers together (--batch-size rows at a time), each "
+              "row through its own case's edit; the vanilla answers of all cases are "
+              "generated first. Same answers as 1 (the case-by-case path) up to float "
+              "rounding of differently sized batches. Not given: as many cases as rows in a batch (1 on a CPU), "
+              "as free memory allows (logged with --batch-size's choice)")
     seed: int = setting(0, "random seed (decoding is greedy unless a method samples)")
     save_edits: bool = setting(False, "also write every case's Edit (safetensors + JSON) under RUN_DIR/edits/")
     artifact: str | None = setting(None, "methods trained on a split first (mend, sft, dpo, ext-sub): the "

@@ -117,3 +117,18 @@ def _where(layers: list, overrides: dict | None, source: str | None) -> str:
     if source:
         return f"set by layers: {layers} in {source}"
     return f"the method's default layers {layers}"
+
+
+def check_artifact(method: str, cls, artifact: str | None) -> None:
+    """A trained method (MEND) needs ``--artifact DIR`` that exists; a method that is not trained refuses one."""
+    from detoxedit.methods.base import needs_training
+
+    if needs_training(cls):
+        if not artifact:
+            raise DetoxEditError(f"method {method!r} needs a trained artefact: run `detoxedit train --method "
+                                 f"{method} --out DIR` first, then pass --artifact DIR")
+        if not Path(artifact).expanduser().is_dir():
+            raise DetoxEditError(f"--artifact {artifact} does not exist; train it with `detoxedit train "
+                                 f"--method {method} --out {artifact}`")
+    elif artifact:
+        raise DetoxEditError(f"method {method!r} is not trained, so --artifact does not apply")

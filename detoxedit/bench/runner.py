@@ -36,7 +36,8 @@ Batched phases (``batch_cases`` K > 1; K = 1 is the case-by-case path above, exa
   the cache as before. ``vanilla_cached`` still counts the answers that a case would have found in the
   cache on the case-by-case path (made by an earlier run or an earlier case of this one).
 * **edited phase**, per group of K cases (per-instance methods: DINM, FT-L, MEND; :meth:`Runner.run_group`):
-  the K edits are computed one after another with the method's own code, then the K cases' edited
+  the K edits are computed by the method (together through ``edit_many`` where it has one: DINM trains
+  the deltas of cases that edit the same matrix in one batch; else one after another), then the K cases' edited
   answers (the five inputs, and the over-refusal and KQA prompts) are generated together, one
   ``generate`` call per decoding setting, each batch row through its own case's edit
   (:func:`detoxedit.models.rowedits.row_edits`; no edit is written into the model). A case whose edit
@@ -280,15 +281,28 @@ class Runner:
             from detoxedit.bench.training import ensure_artifact
             ensure_artifact(method, cfg, self.run_dir, model, tok, progress=progress)
         judge = judge or get_judge(cfg.judge)
+        # rows per batch and cases per group: the user's, else chosen from the free memory now that the
+        # model is loaded (models/memory.py); the choice is logged and written into config.yaml
+        from detoxedit.models.memory import choose_batching, longest_row_tokens
+
+        auto = cfg.batch_size is None or cfg.batch_cases is None
+        tokens = longest_row_tokens(model, tok, [p for _, r in todo for p in self._case_prompts(r, method)[3]],
+                                    method.max_new_tokens, method.prompt_format) if auto else 0
+        batching = choose_batching(model, cfg.batch_size, cfg.batch_cases, tokens=tokens, cases=len(todo))
+        log.info("%s", batching.describe())
+        if auto:
+            import dataclasses
+            save_config(dataclasses.replace(cfg, batch_size=batching.batch_size, batch_cases=batching.batch_cases),
+                        self.run_dir)
         settings = GenerationSettings(max_new_tokens=method.max_new_tokens, prompt_format=method.prompt_format,
-                                      batch_size=cfg.batch_size, seed=cfg.seed)
+                                      batch_size=batching.batch_size, seed=cfg.seed)
         cache = ResponseCache(self.response_cache or cache_dir(), model_key(model, cfg.model, cfg.dtype))
         writer = RecordWriter(out_path)
-        batched = cfg.batch_cases > 1
+        batched = batching.batch_cases > 1
         if batched:
             self.vanilla_phase(model, tok, method, settings, cache, todo, source, progress=progress)
         grouped = batched and uses_instance(method.editor)  # a shared edit is evaluated case by case
-        size = cfg.batch_cases if grouped else 1
+        size = batching.batch_cases if grouped else 1
         bar = None
         if progress:
             from tqdm import tqdm
@@ -458,8 +472,9 @@ class Runner:
     def run_group(self, model, tok, method: PreparedMethod, judge, settings, cache, group, source) -> list[dict]:
         """A group of cases of a per-instance method (``batch_cases`` > 1), one record each, in order.
 
-        The edits are computed one after another with the method's own code (the model is left as it
-        was after each); then the edited answers of every case whose edit :func:`row_editable` accepts
+        The edits are computed by the method's ``edit_many`` when it has one (DINM trains the cases that
+        edit the same matrix in one batch), else one after another with its ``edit`` (the model is left
+        as it was after each); then the edited answers of every case whose edit :func:`row_editable` accepts
         are generated together, one ``generate`` call per decoding setting (the five inputs; the
         over-refusal prompts; the KQA questions), each row through its own case's edit
         (:func:`row_edits`). Any other case is evaluated alone with its edit applied. One judge call
@@ -476,13 +491,27 @@ class Runner:
             t1 = time.perf_counter()
             case = self._edit_cases.pop(str(record.id), None) or to_edit_case(record, source, index)
             case = with_unsafe_answer(case, model, tok, settings, cache, suffix=method.suffix)
-            edit = method.editor.edit(model, tok, case)
-            t_edit = time.perf_counter() - t1
+            t_case = time.perf_counter() - t1
             edited_prompts, post_settings = edited_side(method.editor, post_prompts, settings)
             share = self._phase.share_s if self._phase is not None else 0.0
             items.append(_Case(index, record, keys, inputs, pre_prompts, edited_prompts, post_settings, vanilla,
-                               n_cached, edit, case, True,
-                               times={"vanilla_generation_s": t_vanilla + share, "edit_s": t_edit}))
+                               n_cached, None, case, True,
+                               times={"vanilla_generation_s": t_vanilla + share, "edit_s": t_case}))
+        edit_many = getattr(method.editor, "edit_many", None)
+        if edit_many is not None and len(items) > 1:
+            # the method computes the group's edits together (DINM: one batch per edited matrix); each
+            # case's edit_s is its own preparation plus an equal share of that call
+            t = time.perf_counter()
+            edits = edit_many(model, tok, [c.case for c in items])
+            t_many = (time.perf_counter() - t) / len(items)
+            for c, edit in zip(items, edits, strict=True):
+                c.edit = edit
+                c.times["edit_s"] += t_many
+        else:
+            for c in items:
+                t = time.perf_counter()
+                c.edit = method.editor.edit(model, tok, c.case)
+                c.times["edit_s"] += time.perf_counter() - t
 
         check_refusal = (cfg.overrefusal_items or 0) > 0
         check_kqa = (cfg.kqa_items or 0) > 0

@@ -91,24 +91,15 @@ def _show(title: str, text: str) -> None:
 
 def check_method(cfg) -> None:
     """Stop early, before loading a model, for methods ``edit`` cannot run as asked."""
-    from pathlib import Path
-
     from detoxedit.errors import DetoxEditError
-    from detoxedit.methods.base import get_method, needs_training, uses_instance
+    from detoxedit.methods.base import get_method, uses_instance
+    from detoxedit.preflight import check_artifact
 
     cls = get_method(cfg.method)
     if not uses_instance(cls):
         raise DetoxEditError(f"method {cfg.method!r} does not learn from an instance, so there is nothing to "
                              f"edit on one prompt; evaluate it with: detoxedit bench --method {cfg.method} --out DIR")
-    if needs_training(cls):
-        if not cfg.artifact:
-            raise DetoxEditError(f"method {cfg.method!r} needs a trained artefact: run `detoxedit train --method "
-                                 f"{cfg.method} --out DIR` first, then pass --artifact DIR")
-        if not Path(cfg.artifact).expanduser().is_dir():
-            raise DetoxEditError(f"--artifact {cfg.artifact} does not exist; train it with `detoxedit train "
-                                 f"--method {cfg.method} --out {cfg.artifact}`")
-    elif cfg.artifact:
-        raise DetoxEditError(f"method {cfg.method!r} is not trained, so --artifact does not apply")
+    check_artifact(cfg.method, cls, cfg.artifact)
 
 
 def _print_edit(meta: dict, hp, n_layers: int) -> None:

@@ -201,6 +201,11 @@ class Editor(Protocol):
     Likewise an optional method ``post_input(text: str) -> str`` rewrites every edited-side user input
     (after the suffix system prompt; e.g. Self-Reminder appends its reminder); the vanilla side and the
     recorded ``inputs`` stay as they were, and the judge sees the rewritten edited-side prompts.
+
+    A per-instance method may also have ``edit_many(model, tok, cases: list[EditCase]) -> list[Edit]``:
+    the edits of several cases, in order, equal (up to float rounding) to ``edit`` on each, but computed
+    together (DINM trains the cases that edit the same matrix in one batch). The bench runner's groups
+    (``batch_cases`` > 1) call it when it exists, else ``edit`` case by case.
     """
 
     name: str

@@ -11,8 +11,9 @@ in common. A method file holds only its own algorithm and imports these by name.
 4. **The KL term** to the unedited model's next-token distributions (DINM's ``L_c``, MEND's ``L_loc``).
 5. **The frozen-prefix forward.** Everything below an edited matrix is frozen, so one no-grad pass per
    input records what higher blocks need, and a training step replays only the blocks above it:
-   ``FastForward`` (one tuned down-projection, DINM and FT-L), ``Replay`` (hooks on several blocks,
-   MEND), and the ``replay_blocks`` loop they and FT-L's causal tracing share.
+   ``FastForward`` (one tuned down-projection, DINM and FT-L), ``StackedForward`` (the same for several
+   cases' copies of one down-projection in one batch, DINM's ``edit_many``), ``Replay`` (hooks on several
+   blocks, MEND), and the ``replay_blocks`` loop they and FT-L's causal tracing share.
 6. **Provenance.** The settings, model, dtype and base-weight fingerprints an instance edit records.
 7. **Hidden-state capture.** ``block_outputs``, what DINM's locator and the localisation study compare.
 8. **The model's own answer.** ``own_response``, greedy token ids (FT-L's causal trace, edit validation).
@@ -248,7 +249,13 @@ class FastForward:
     """
 
     def __init__(self, model, batch: EditBatch, layer: int, project: Projector):
-        self.model, self.batch, self.project = model, batch, project
+        self.batch = batch
+        self.base_logits = _select(self._capture(model, batch.input_ids, batch.attention_mask, layer, project), batch)
+
+    def _capture(self, model, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int,
+                 project) -> torch.Tensor:
+        """The no-grad pass: records (a)-(c) of the class docstring; returns the unedited logits of every row."""
+        self.model, self.project = model, project
         blocks = arch.blocks(model)
         self.above = list(blocks)[layer + 1:]
         module = arch.down_proj(model, layer)
@@ -257,21 +264,80 @@ class FastForward:
         dev = next(model.parameters()).device
         with torch.no_grad(), capture_calls(self.above) as calls, capture_inputs([module]) as xin, \
                 capture_outputs([module, blocks[layer]]) as outs:
-            out = model(input_ids=batch.input_ids.to(dev), attention_mask=batch.attention_mask.to(dev),
-                        use_cache=False)
-        self.base_logits = _select(out.logits, batch)
+            out = model(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), use_cache=False)
         self.calls = calls
         self.x = xin[0]
         y0, h0 = outs
         self.rest = h0 - (self.post(y0) if self.post is not None else y0)
+        return out.logits
 
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def hidden(self) -> torch.Tensor:
+        """The hidden states leaving the last block, every row and position, with ``project``'s matrix."""
         y = self.project(self.x)
         h = self.rest + (self.post(y) if self.post is not None else y)
-        h = replay_blocks(self.above, self.calls, h)
-        he, hk = _select(h, self.batch)
+        return replay_blocks(self.above, self.calls, h)
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        he, hk = _select(self.hidden(), self.batch)
         logits = self.head(torch.cat([he, hk], dim=0))
         return logits[: he.shape[0]], logits[he.shape[0]:]
+
+
+def stack_batches(batches: Sequence[EditBatch], pad: int) -> tuple[torch.Tensor, torch.Tensor, list[slice]]:
+    """Several cases' batches as one: ``(input_ids, attention_mask, rows)``, the cases' rows one after
+    another, right-padded (with ``pad``) to the longest, and the rows of case k, ``rows[k]``. Right padding
+    keeps every real position's position id, so each row reads what it reads in its own batch."""
+    width = max(int(b.input_ids.shape[1]) for b in batches)
+    ids = torch.cat([F.pad(b.input_ids, (0, width - b.input_ids.shape[1]), value=pad) for b in batches])
+    mask = torch.cat([F.pad(b.attention_mask, (0, width - b.attention_mask.shape[1]), value=0) for b in batches])
+    rows, at = [], 0
+    for b in batches:
+        rows.append(slice(at, at + int(b.input_ids.shape[0])))
+        at += int(b.input_ids.shape[0])
+    return ids, mask, rows
+
+
+class CaseProjector:
+    """``Projector`` with one tuned matrix per case: rows ``rows[k]`` of the input go through ``weights[k]``
+    (each a float32 copy in the module's own layout, set by :meth:`set_weights` before a call). Several
+    cases' edits of one matrix then share one batch, each row seeing only its own case's matrix, as
+    ``models/rowedits.py`` does at inference."""
+
+    def __init__(self, module: nn.Module, layout: str, rows: Sequence[slice]):
+        self.rows = list(rows)
+        self.parts = [Projector(module, None, layout) for _ in self.rows]
+
+    def set_weights(self, weights: Sequence[torch.Tensor]) -> None:
+        for part, w in zip(self.parts, weights, strict=True):
+            part.weight = w
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([part(x[rows]) for part, rows in zip(self.parts, self.rows)], dim=0)
+
+
+class StackedForward(FastForward):
+    """``FastForward`` for several cases that tune the same down-projection, in one batch: the cases'
+    ``EditBatch`` rows are stacked (:func:`stack_batches`), one no-grad pass records the frozen prefix of
+    them all, and a call, given one matrix per case, replays the blocks above ``layer`` once for every row
+    (case k's rows through matrix k, :class:`CaseProjector`) and returns each case's ``(edit logits, KL
+    logits)``, which are those of its own ``FastForward`` up to float rounding. ``base_logits``: each
+    case's unedited logits at its loss positions. Rows never mix (attention, norms and projections act per
+    row and position), so a loss summed over the cases gives each matrix the gradient of its own case's
+    loss alone (docs/dinm.md, "Several cases at once")."""
+
+    def __init__(self, model, batches: Sequence[EditBatch], layer: int, pad: int):
+        self.batches = list(batches)
+        ids, mask, self.rows = stack_batches(self.batches, pad)
+        project = CaseProjector(arch.down_proj(model, layer), arch.spec_for(model).down_proj_layout, self.rows)
+        logits = self._capture(model, ids, mask, layer, project)
+        self.base_logits = [_select(logits[rows], b) for rows, b in zip(self.rows, self.batches)]
+
+    def __call__(self, weights: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        self.project.set_weights(weights)
+        h = self.hidden()
+        parts = [t for rows, b in zip(self.rows, self.batches) for t in _select(h[rows], b)]
+        logits = self.head(torch.cat(parts, dim=0)).split([int(t.shape[0]) for t in parts])
+        return [(logits[2 * k], logits[2 * k + 1]) for k in range(len(self.batches))]
 
 
 def _accepts(model, name: str) -> bool:

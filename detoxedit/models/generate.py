@@ -25,10 +25,15 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import logging
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Sequence
 
 import torch
+
+from detoxedit.models.memory import batch_limit, is_out_of_memory, lower_batch_limit, release_memory
+
+log = logging.getLogger(__name__)
 
 PromptFormat = Literal["chat", "raw"]
 
@@ -239,7 +244,11 @@ def generate(model, tok, prompts: Sequence[str], settings: GenerationSettings = 
     """Responses of ``model`` to each user prompt, in order.
 
     Prompts are sorted by length and decoded in left-padded batches of ``settings.batch_size``; the
-    response of each row is the token ids after its prompt, cut at the first stop id.
+    response of each row is the token ids after its prompt, cut at the first stop id. A batch that runs
+    out of memory is retried at half the size, and that size is kept for the model from then on
+    (:mod:`detoxedit.models.memory`): its rows and every later batch are decoded as a run at the smaller
+    size decodes them (the same sub-batches when the sizes are powers of two); one row that still fails
+    re-raises.
 
     ``groups``: one group id per prompt; while each sub-batch is decoded, :func:`current_row_groups`
     gives its rows' groups (for :func:`detoxedit.models.rowedits.row_edits`). ``on_batch(positions,
@@ -272,18 +281,68 @@ def generate(model, tok, prompts: Sequence[str], settings: GenerationSettings = 
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     device = next(model.parameters()).device
     results: list[str | None] = [None] * len(prompts)
-    batches = [order[i:i + settings.batch_size] for i in range(0, len(order), settings.batch_size)]
+    size = batch_limit(model, settings.batch_size)
+    bar = None
     if progress:
         from tqdm import tqdm
-        batches = tqdm(batches, desc="generate", unit="batch")
-    for idx in batches:
-        ids, mask = _pad_left([encoded[i] for i in idx], pid)
-        with row_groups([groups[i] for i in idx]) if groups is not None else contextlib.nullcontext():
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 generation_config=gen_cfg)
-        new = out[:, ids.shape[1]:].tolist()
-        for row, i in enumerate(idx):
-            results[i] = tok.decode(cut_response(new[row], stops), skip_special_tokens=True).strip()
-        if on_batch is not None:
-            on_batch(list(idx), [results[i] for i in idx])
+        bar = tqdm(total=len(order), desc="generate", unit="prompt")
+    at = 0
+    try:
+        while at < len(order):
+            idx = order[at:at + size]
+            new = _decode_or_free(model, [encoded[i] for i in idx], pid, device, gen_cfg,
+                                  [groups[i] for i in idx] if groups is not None else None, settings.do_sample)
+            if new is None:  # out of memory: half the size, below the rows that failed (a short last batch)
+                size = max(1, min(size // 2, 1 << ((len(idx) - 1).bit_length() - 1)))
+                lower_batch_limit(model, size)
+                log.warning("out of memory generating %d rows; retrying them %d at a time, and at most %d rows "
+                            "per batch for the rest of the run", len(idx), size, size)
+                continue
+            for row, i in enumerate(idx):
+                results[i] = tok.decode(cut_response(new[row], stops), skip_special_tokens=True).strip()
+            if on_batch is not None:
+                on_batch(list(idx), [results[i] for i in idx])
+            at += len(idx)
+            if bar is not None:
+                bar.update(len(idx))
+    finally:
+        if bar is not None:
+            bar.close()
     return [r if r is not None else "" for r in results]
+
+
+def _decode(model, rows: list[list[int]], pid: int, device, gen_cfg, groups: list[int] | None) -> list[list[int]]:
+    """Greedy (or sampled) continuations of one left-padded sub-batch: the new token ids of each row."""
+    ids, mask = _pad_left(rows, pid)
+    with row_groups(groups) if groups is not None else contextlib.nullcontext():
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), generation_config=gen_cfg)
+    return out[:, ids.shape[1]:].tolist()
+
+
+def _decode_or_free(model, rows, pid, device, gen_cfg, groups, sampling: bool) -> list[list[int]] | None:
+    """:func:`_decode`, or None when the sub-batch ran out of memory and has rows to split: its memory is
+    freed and (sampling) the random state put back, so a retry starts from the same state. Any other error,
+    and an out-of-memory error of a single row, is raised."""
+    rng = _rng_state(device) if sampling else None
+    try:
+        return _decode(model, rows, pid, device, gen_cfg, groups)
+    except (RuntimeError, MemoryError) as err:
+        if not is_out_of_memory(err) or len(rows) == 1:
+            raise
+        log.info("out of memory: %s", str(err).splitlines()[0] if str(err) else type(err).__name__)
+    release_memory(device)  # after the except block, whose traceback held the failed batch's tensors
+    if rng is not None:
+        _set_rng_state(device, rng)
+    return None
+
+
+def _rng_state(device) -> tuple:
+    cuda = torch.cuda.get_rng_state(device) if torch.device(device).type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+def _set_rng_state(device, state: tuple) -> None:
+    cpu, cuda = state
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)

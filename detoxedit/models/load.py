@@ -12,6 +12,11 @@ A spec is one of:
 A model loaded straight from GGUF keeps a ``quantization_config`` and refuses ``save_pretrained``; we
 rebuild it from its config and state dict, so every model this module returns can be saved.
 
+Models are loaded in the requested dtype, never in fp32 first and then cast: a GGUF's conversion is
+stored once more in bf16 (or fp16) when that is asked for (:func:`cast_checkpoint`), so a half-precision
+load maps half-precision weights (peak RSS of the default in bf16, load and first
+answer: 746 MiB instead of 1180 MiB, ``benchmarks/load_memory.py``).
+
 On CPU, half-precision SDPA attention corrupts left-padded batches (rows whose first positions are
 fully masked), so half precision on CPU uses eager attention. ``tests/test_load.py`` keeps a test that
 would catch a regression.
@@ -99,12 +104,25 @@ def _is_checkpoint(path: Path) -> bool:
     return (path / "config.json").is_file() and any(path.glob("*.safetensors"))
 
 
-def materialize_gguf(gguf: Path) -> Path:
-    """Dequantize ``gguf`` once into a plain transformers checkpoint; return its directory.
+def _write_checkpoint(target: Path, save) -> Path:
+    """Run ``save(tmp_dir)`` and rename the directory into place as ``target``, so an interrupted build
+    never leaves a half-written cache that later loads would trust; return ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        save(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not _is_checkpoint(target):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
 
-    The checkpoint is written to a temporary directory and renamed into place, so an interrupted
-    build never leaves a half-written cache that later loads would trust.
-    """
+
+def _dequantize(gguf: Path) -> Path:
+    """Dequantize ``gguf`` once into a plain fp32 transformers checkpoint; return its directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     target = _gguf_cache_path(gguf)
@@ -123,19 +141,54 @@ def materialize_gguf(gguf: Path) -> Path:
     missing = [k for k in missing if k not in getattr(model, "_tied_weights_keys", {}) and "lm_head" not in k]
     if missing or unexpected:
         raise DetoxEditError(f"rebuilding {gguf} failed: missing {missing}, unexpected {unexpected}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
+
+    def save(tmp: Path) -> None:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first
-            if not _is_checkpoint(target):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+    return _write_checkpoint(target, save)
+
+
+_CAST_TAGS = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
+def cast_checkpoint(source: Path, dtype: torch.dtype, target: Path | None = None) -> Path:
+    """A copy of the checkpoint in ``source`` with its weights stored in ``dtype`` (made once; default
+    target: ``SOURCE-bf16`` beside it); return its directory.
+
+    Loading an fp32 file in bf16 reads every fp32 tensor and casts it, so the process briefly holds the
+    fp32 weights (the mapped file) and the bf16 ones: 1180 MiB peak RSS for the 135M default against
+    452 MiB from a bf16 file (``benchmarks/README.md``). The copy is what that cast load gives, saved,
+    so its weights are bit-identical to loading ``source`` with ``dtype``.
+    """
+    from transformers import AutoModelForCausalLM
+
+    target = target or source.with_name(f"{source.name}-{_CAST_TAGS.get(dtype, str(dtype).split('.')[-1])}")
+    if _is_checkpoint(target):
+        return target
+    log.info("storing %s in %s once, so later loads need no cast (%s)", source.name, dtype, target)
+    model = AutoModelForCausalLM.from_pretrained(str(source), dtype=dtype)
+
+    def save(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        for f in source.iterdir():  # tokenizer, chat template, generation config
+            if f.is_file() and not f.name.endswith((".safetensors", ".safetensors.index.json", ".bin")) \
+                    and not (tmp / f.name).exists():
+                shutil.copy2(f, tmp / f.name)
+    return _write_checkpoint(target, save)
+
+
+def materialize_gguf(gguf: Path, dtype: str | torch.dtype = "fp32") -> Path:
+    """Dequantize ``gguf`` once into a plain transformers checkpoint; return its directory.
+
+    The checkpoint is fp32 (the dequantized values are exact there). For ``bf16`` and ``fp16`` a second
+    copy stored in that dtype is made once from it (:func:`cast_checkpoint`), so loading the model in
+    half precision maps the half-precision weights directly, with no fp32 copy on the way.
+    """
+    fp32 = _dequantize(gguf)
+    torch_dtype = resolve_dtype(dtype)
+    if torch_dtype in _CAST_TAGS:
+        return cast_checkpoint(fp32, torch_dtype)
+    return fp32
 
 
 def classify_spec(spec: str) -> tuple[str, Path | str]:
@@ -157,11 +210,12 @@ def classify_spec(spec: str) -> tuple[str, Path | str]:
     return "hub", spec
 
 
-def resolve_spec(spec: str) -> tuple[str, bool]:
-    """Where to load ``spec`` from: (path or hub id, is_local); a GGUF is dequantized (once) here."""
+def resolve_spec(spec: str, dtype: str | torch.dtype = "fp32") -> tuple[str, bool]:
+    """Where to load ``spec`` from: (path or hub id, is_local); a GGUF is dequantized (once) here, and
+    stored in ``dtype`` (once) when that is bf16 or fp16 (see :func:`materialize_gguf`)."""
     kind, where = classify_spec(spec)
     if kind in ("default", "gguf"):
-        return str(materialize_gguf(where)), True
+        return str(materialize_gguf(where, dtype)), True
     return str(where), kind == "dir"
 
 
@@ -196,9 +250,12 @@ def load_model(spec: str = DEFAULT_SPEC, dtype: str | torch.dtype = "fp32", devi
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
-    source, local = resolve_spec(spec)
+    kind, where = classify_spec(spec)
+    source, local = resolve_spec(spec, torch_dtype)
     attn = attn_implementation or _attn_for(torch_dtype, device, device_map)
-    kwargs = {"dtype": torch_dtype}
+    # loaded in the requested dtype (never fp32 first, then cast); transformers < 5 also needs
+    # low_cpu_mem_usage to build the model without a randomly initialised copy first (5 always does)
+    kwargs = {"dtype": torch_dtype, "low_cpu_mem_usage": True}
     if attn:
         kwargs["attn_implementation"] = attn
     if device_map is not None:
@@ -212,6 +269,10 @@ def load_model(spec: str = DEFAULT_SPEC, dtype: str | torch.dtype = "fp32", devi
         raise DetoxEditError(_offline_hint(spec)) from err
     if device_map is None:
         model.to(device)
+    if kind in ("default", "gguf"):
+        # the config names the fp32 conversion whichever dtype's copy was read (identical weights), so a
+        # model's response-cache key (``responses.model_key``) does not depend on which file was mapped
+        model.config.name_or_path = str(_gguf_cache_path(where))
     model.eval()
     model.requires_grad_(False)
     model.detoxedit_spec = spec  # recorded in edits and runs
