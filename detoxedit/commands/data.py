@@ -62,7 +62,7 @@ def register(sub) -> None:
     b.add_argument("--max-new-tokens", type=int, default=None,
                    help=run_flag_help("max_new_tokens", "here: of each unsafe response (default 128; the "
                                                          "paper used 600)"))
-    b.add_argument("--batch-size", type=int, default=8, help=run_flag_help("batch_size"))
+    b.add_argument("--batch-size", type=int, default=8, help=run_flag_help("batch_size", "here: 8 when not given"))
     b.add_argument("--dtype", default="fp32", choices=DTYPES, help=run_flag_help("dtype"))
     b.add_argument("--device", default="cpu", help=run_flag_help("device"))
     b.add_argument("--no-system-prompt", action="store_true",
