@@ -70,11 +70,9 @@ class Edit:
     def applied(self) -> bool:
         return self._backup is not None
 
-    def apply(self, model) -> "Edit":
-        """Add the deltas to ``model``'s parameters in place; keep the originals for ``revert``."""
-        if self._backup is not None:
-            raise DetoxEditError("this edit is already applied; revert it first")
-        params = dict(model.named_parameters())
+    def check_fits(self, params: dict[str, torch.Tensor]) -> None:
+        """Fail unless ``params`` (``dict(model.named_parameters())``) hold every edited parameter, with the
+        delta's shape, and the base weights this edit was made on (its ``base_fingerprints``)."""
         missing = [n for n in self.deltas if n not in params]
         if missing:
             raise DetoxEditError(f"the model has no parameter(s) {missing}; was the edit made on another model?")
@@ -82,17 +80,28 @@ class Edit:
             if tuple(params[name].shape) != tuple(delta.shape):
                 raise DetoxEditError(f"{name}: edit delta has shape {tuple(delta.shape)}, "
                                      f"the model's parameter {tuple(params[name].shape)}")
-        expected = self.meta.get("base_fingerprints", {})
-        for name, fp in expected.items():
+        for name, fp in (self.meta.get("base_fingerprints") or {}).items():
             if name in params and param_fingerprint(params[name]) != fp:
                 raise DetoxEditError(f"{name} differs from the weights this edit was made on "
                                      "(another model, dtype, or an edit already merged in)")
+
+    @staticmethod
+    def edited_weight(p: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
+        """The weight an edit writes for parameter ``p``: ``(p + delta)`` summed in float32, in ``p``'s dtype."""
+        return (p.detach().float() + delta.to(p.device)).to(p.dtype)
+
+    def apply(self, model) -> "Edit":
+        """Add the deltas to ``model``'s parameters in place; keep the originals for ``revert``."""
+        if self._backup is not None:
+            raise DetoxEditError("this edit is already applied; revert it first")
+        params = dict(model.named_parameters())
+        self.check_fits(params)
         backup = {}
         with torch.no_grad():
             for name, delta in self.deltas.items():
                 p = params[name]
                 backup[name] = p.detach().clone()
-                p.copy_((p.float() + delta.to(p.device)).to(p.dtype))
+                p.copy_(self.edited_weight(p, delta))
         self._backup = backup
         return self
 

@@ -69,24 +69,6 @@ def row_editable(model: nn.Module, edit, owners: dict | None = None) -> str | No
     return None
 
 
-def _check(params: dict, edit) -> None:
-    """The checks ``Edit.apply`` makes before writing: the parameters exist, shapes match, and the base
-    weights are the ones the edit was made on."""
-    from detoxedit.methods.base import param_fingerprint
-
-    missing = [n for n in edit.deltas if n not in params]
-    if missing:
-        raise DetoxEditError(f"the model has no parameter(s) {missing}; was the edit made on another model?")
-    for name, delta in edit.deltas.items():
-        if tuple(params[name].shape) != tuple(delta.shape):
-            raise DetoxEditError(f"{name}: edit delta has shape {tuple(delta.shape)}, "
-                                 f"the model's parameter {tuple(params[name].shape)}")
-    for name, fp in (edit.meta.get("base_fingerprints") or {}).items():
-        if name in params and param_fingerprint(params[name]) != fp:
-            raise DetoxEditError(f"{name} differs from the weights this edit was made on "
-                                 "(another model, dtype, or an edit already merged in)")
-
-
 def _hook(weights: dict[int, torch.Tensor]):
     """A forward hook for one ``nn.Linear``: rows of group g get ``F.linear(x, weights[g], bias)``."""
     from detoxedit.models.generate import current_row_groups
@@ -125,11 +107,11 @@ def row_edits(model: nn.Module, edits: Mapping[int, object]) -> Iterator[None]:
         why = row_editable(model, edit, owners)
         if why is not None:
             raise DetoxEditError(f"edit of group {group} cannot be applied per row: {why}")
-        _check(params, edit)
+        edit.check_fits(params)
         for name, delta in edit.deltas.items():
             p = params[name]
             with torch.no_grad():
-                w = (p.detach().float() + delta.to(p.device)).to(p.dtype)  # what Edit.apply writes
+                w = edit.edited_weight(p, delta)  # what Edit.apply writes
             for module, _ in owners[id(p)]:
                 per_module.setdefault(id(module), (module, {}))[1][int(group)] = w
     handles = [module.register_forward_hook(_hook(weights), with_kwargs=True)
