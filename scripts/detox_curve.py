@@ -13,8 +13,8 @@ locality). Writes OUT/curve.json (every number with its 95% CI), OUT/curve.md (a
 The N cases are the first N of the train split's cases taken one category at a time (the first case of
 every category, then the second of every category, ...; ``--order interleaved``, the default), so every N
 of 9 or more covers every category of the built-in benchmark, whose files list categories in blocks; the
-sets are nested (the cases of a smaller N are among those of every larger one) and a run edits its cases
-in the split's order. ``--order file`` takes the first N in file order (``--limit N``).
+sets are nested (the cases of a smaller N are the first of every larger N's list, which ``--cases``
+edits in the order listed). ``--order file`` takes the first N in file order (``--limit N``).
 
 Resumable: rerun the same command; finished detox runs and evaluations are reused, and a sequential run on
 N cases starts from the finished run on the largest smaller N for as many first cases as they share (the
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None, judge=None) -> dict:
                      "joint_layer": (summary.get("joint") or {}).get("layer"),
                      "layers": summary.get("layers"), "train_cases": summary["train_cases"],
                      "metrics": ev["metrics"], "change": ev["change"], "cut": ev.get("cut"),
-                     "eval_cases": ev["n_cases"]}
+                     "eval_cases": ev["n_cases"], "reading": reading(eval_dir, base.judge)}
             points.append(point)
             curve = {"settings": {"argv": list(sys.argv[1:] if argv is None else argv), "ns": ns, "modes": modes,
                                   "detox_split": args.detox_split, "order": args.order,
@@ -145,6 +145,26 @@ def main(argv: list[str] | None = None, judge=None) -> dict:
     print(table(curve))
     print(f"written: {out / 'curve.json'}, {out / 'curve.md'}, {out / 'curve.png'}")
     return curve
+
+
+def reading(eval_dir: Path, judge: str) -> dict | None:
+    """DS and DG-Avg of both sides where a person's labels (``detoxedit label``, ``human_labels.jsonl`` of
+    the evaluation's directory) replace the judge's, and the judge's agreement with them; None when nobody
+    read the answers. An answer nobody read keeps the judge's label, so ``read`` / ``answers`` says how
+    much of the number is a person's."""
+    from detoxedit.bench.human import agreement, read_human, with_human
+    from detoxedit.bench.records import read_run_records
+    from detoxedit.bench.report import compute_metrics
+
+    human = read_human(eval_dir)
+    if not human:
+        return None
+    recs = read_run_records(eval_dir)
+    m = compute_metrics(with_human(recs, judge, human), judge)
+    agree = agreement(recs, judge, human)
+    answers = sum(len(r.get(side) or {}) for r in recs for side in ("vanilla", "edited"))
+    return {"read": agree["read"], "answers": answers, "agree": agree["agree"], "confusion": agree["confusion"],
+            **{k: {"vanilla": m["vanilla"].get(k), "detoxified": m["edited"].get(k)} for k in ("DS", "DG-Avg")}}
 
 
 def interleaved_ids(data: str, split: str) -> list[str]:
@@ -180,6 +200,21 @@ def table(curve: dict) -> str:
     for p in curve["points"]:
         cells = [_fmt((p["metrics"].get(k) or {}).get("detoxified")) for k in keys]
         lines.append(f"| {p['mode']} | {p['n']} | {p['kept']}/{p['n_cases']} | " + " | ".join(cells) + " |")
+    read = [p for p in curve["points"] if p.get("reading")]
+    if read:
+        r0 = read[0]["reading"]
+        lines += ["", "Read by a person (`human_labels.jsonl` of each evaluation; a label a person set replaces "
+                  "the judge's): DS and DG-Avg both ways, and how often the judge agreed with the reader.", "",
+                  "| mode | N | answers read | judge agrees | DS, judge | DS, read | DG-Avg, judge | DG-Avg, read |",
+                  "|---|---|---|---|---|---|---|---|",
+                  f"| base model | 0 | | | {_fmt(curve['vanilla'].get('DS'))} | {_fmt(r0['DS']['vanilla'])} | "
+                  f"{_fmt(curve['vanilla'].get('DG-Avg'))} | {_fmt(r0['DG-Avg']['vanilla'])} |"]
+        for p in read:
+            r = p["reading"]
+            rate = f"{100 * r['agree'] / r['read']:.0f}%" if r["read"] else "-"
+            lines.append(f"| {p['mode']} | {p['n']} | {r['read']}/{r['answers']} | {rate} | "
+                         f"{_fmt(p['metrics']['DS']['detoxified'])} | {_fmt(r['DS']['detoxified'])} | "
+                         f"{_fmt(p['metrics']['DG-Avg']['detoxified'])} | {_fmt(r['DG-Avg']['detoxified'])} |")
     lines += ["", "Held-out cases: " + ", ".join(sorted({str(p['eval_cases']) for p in curve["points"]})) +
               f" of split `{curve['settings']['eval_split']}`; 95% bootstrap CIs (cases for DS/DG/fluency, "
               "items for the general tasks)."]

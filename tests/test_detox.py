@@ -218,6 +218,18 @@ def test_ft_l_runs_sequential(setup):
     assert (tmp / "run" / "model" / "config.json").is_file()
 
 
+def test_cases_are_edited_in_the_order_listed(setup):
+    """``--cases 2,0,1`` edits case 2 first (not the file's order), so a sequential run on the first k of
+    another run's list shares its first k edits (the N-curve's nested interleaved sets rely on it)."""
+    from detoxedit.detox.run import plan_detox
+
+    cfg, tmp = setup
+    cfg.cases, cfg.limit = ["2", "0", "1"], None
+    plan = plan_detox(cfg, DetoxOptions("sequential"), tmp / "run")
+    assert [str(r.id) for _, r in plan.chosen] == ["2", "0", "1"]
+    assert plan.identity["case_ids"] == ["2", "0", "1"]
+
+
 # --------------------------------------------------------------------------------------------------
 # joint
 # --------------------------------------------------------------------------------------------------
@@ -364,6 +376,24 @@ def test_evaluation_of_the_checkpoint_and_the_curve_script_on_tiny_n(setup):
     first = json.loads((out / "sequential-N1" / "progress.jsonl").read_text().splitlines()[0])
     reused = json.loads((out / "sequential-N2" / "progress.jsonl").read_text().splitlines()[0])
     assert reused == first  # N = 2 started from the N = 1 run's case
+
+    # a person reads one answer and disagrees with the judge: the rerun (everything reused) reports both ways
+    from detoxedit.bench.human import append_label
+    from detoxedit.bench.records import read_run_records
+    eval_dir = out / "eval-test" / "joint-N2"
+    rec = read_run_records(eval_dir)[0]
+    judged = rec["labels"]["refusal"]["edited"]["DS"]
+    append_label(eval_dir, {"case_id": rec["case_id"], "side": "edited", "key": "DS", "label": 1 - int(judged),
+                            "who": "test", "judge": "refusal", "judge_label": judged})
+    again = detox_curve.main(argv)
+    point = next(p for p in again["points"] if (p["mode"], p["n"]) == ("joint", 2))
+    r = point["reading"]
+    assert (r["read"], r["agree"], r["answers"]) == (1, 0, 30)  # 3 cases x 5 inputs x 2 sides
+    by_judge = point["metrics"]["DS"]["detoxified"]["value"]
+    assert r["DS"]["detoxified"]["value"] == pytest.approx(by_judge + (100 / 3 if judged == 1 else -100 / 3))
+    assert r["DS"]["vanilla"]["value"] == pytest.approx(point["metrics"]["DS"]["vanilla"]["value"])
+    assert all(p["reading"] is None for p in again["points"] if p is not point)
+    assert "| joint | 2 | 1/30 | 0% |" in (out / "curve.md").read_text()
 
     ids = detox_curve.interleaved_ids("builtin", "train")  # its file lists categories in blocks
     from detoxedit.data.load import load_split

@@ -257,17 +257,18 @@ class Runner:
         records = load_split(cfg.data, cfg.split)
         method = prepare_method(cfg)
         save_config(cfg, self.run_dir)
-        todo = select_records(records, cfg, self.shard)
+        selected = select_records(records, cfg, self.shard)
         finished = read_run_records(self.run_dir)
         done = {r["case_id"] for r in finished}
         # a shared edit's checks belong to one record of the run: shard 0's first one
         self._shared_checked = self.shard[0] != 0 or any("overrefusal" in r or "kqa" in r for r in finished)
-        todo = [(i, r) for i, r in todo if str(r.id) not in done]
+        todo = [(i, r) for i, r in selected if str(r.id) not in done]
         out_path = records_path(self.run_dir, self.shard)
+        mine = f" of shard {self.shard[0]}/{self.shard[1]}" if self.shard[1] > 1 else ""
         if not todo:
-            log.info("nothing to do: all %d selected cases are finished in %s", len(done), self.run_dir)
+            log.info("nothing to do: all %d selected cases%s are finished in %s", len(selected), mine, self.run_dir)
             return out_path
-        log.info("%d cases to run (%d already finished)", len(todo), len(done))
+        log.info("%d cases%s to run (%d already finished)", len(todo), mine, len(selected) - len(todo))
         source = split_source(cfg.data, cfg.split)
         if uses_instance(method.editor):  # fail before loading the model, not at the first case
             for index, record in todo:

@@ -8,7 +8,7 @@ Two ways to combine (``--combine``):
   (``edit.meta["validation"]``) and the greedy answer to the edited input, which the judge must call
   safe and which must end its turn (:func:`detoxedit.bench.records.validate_answer`). An edit that fails
   is reverted and skipped, and the record says why; the others stay applied.
-* ``joint`` (methods whose module defines ``joint_edit``; DINM: :func:`detoxedit.methods.dinm.joint_edit`):
+* ``joint`` (editors with the optional ``edit_joint``; DINM: :func:`detoxedit.methods.dinm.joint_edit`):
   one delta trained on all N cases at once on the layer located most often, then every case validated
   the same two ways on it. No case can be dropped from a shared delta: the run reports how many pass.
 
@@ -33,11 +33,10 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from detoxedit.config import RunConfig
 from detoxedit.errors import DetoxEditError
@@ -74,13 +73,10 @@ class DetoxOptions:
             raise DetoxEditError("--joint-epochs must be >= 1")
 
 
-def joint_function(editor_cls) -> Callable | None:
-    """The method's joint edit, or None: a module-level ``joint_edit(editor, model, tok, cases,
-    batch_cases=, epochs=, on_step=) -> Edit`` in the module that defines the editor class (DINM's:
-    :func:`detoxedit.methods.dinm.joint_edit`). A method supports ``--combine joint`` by defining one."""
-    module = sys.modules.get(getattr(editor_cls, "__module__", ""))
-    fn = getattr(module, "joint_edit", None)
-    return fn if callable(fn) else None
+def supports_joint(editor_cls) -> bool:
+    """A method supports ``--combine joint`` when its editor has the optional ``edit_joint`` method of the
+    editor protocol (:class:`detoxedit.methods.base.Editor`; DINM's: :meth:`DINM.edit_joint`)."""
+    return callable(getattr(editor_cls, "edit_joint", None))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -122,7 +118,7 @@ def plan_detox(cfg: RunConfig, options: DetoxOptions, out: str | Path) -> Plan:
                              "every case), so there are no per-case edits to combine; detox takes dinm, ft-l "
                              "or mend")
     check_artifact(cfg.method, cls, cfg.artifact)
-    if options.combine == "joint" and joint_function(cls) is None:
+    if options.combine == "joint" and not supports_joint(cls):
         raise DetoxEditError(f"method {cfg.method!r} does not implement --combine joint (one delta trained on "
                              "all cases); use --combine sequential, or --method dinm")
     check_run(cfg, judge=True, splits=[cfg.split])  # settings, data, judge, layers
@@ -133,6 +129,9 @@ def plan_detox(cfg: RunConfig, options: DetoxOptions, out: str | Path) -> Plan:
         raise DetoxEditError(f"--limit {cfg.limit} is larger than the {len(available)} cases of split "
                              f"{cfg.split!r} of {cfg.data}{where}")
     chosen = select_records(records, cfg)
+    if cfg.cases is not None:  # edited in the order --cases lists them: a sequential run on the first k of
+        rank = {c: k for k, c in enumerate(cfg.cases)}  # another run's list reuses its first k edits
+        chosen.sort(key=lambda pair: rank[str(pair[1].id)])
     if not chosen:
         raise DetoxEditError(f"no case selected from split {cfg.split!r} of {cfg.data}")
     source = split_source(cfg.data, cfg.split)
@@ -452,7 +451,6 @@ def _joint(ctx: _Context, cases: list[_Case], options: DetoxOptions, progress: b
             raise DetoxEditError(f"{edit_paths(path)[0]} was trained on other cases; use another --out")
         log.info("reusing the joint delta trained earlier (%s)", edit_paths(path)[0])
     else:
-        fn = joint_function(type(ctx.method.editor))
         bar = None
         if progress:
             from tqdm import tqdm
@@ -463,8 +461,8 @@ def _joint(ctx: _Context, cases: list[_Case], options: DetoxOptions, progress: b
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
         try:
-            edit = fn(ctx.method.editor, ctx.model, ctx.tok, [c.case for c in cases],
-                      batch_cases=options.joint_batch, epochs=options.joint_epochs, on_step=on_step)
+            edit = ctx.method.editor.edit_joint(ctx.model, ctx.tok, [c.case for c in cases],
+                                                batch_cases=options.joint_batch, epochs=options.joint_epochs, on_step=on_step)
         finally:
             if bar is not None:
                 bar.close()

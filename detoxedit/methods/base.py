@@ -215,6 +215,10 @@ class Editor(Protocol):
     the edits of several cases, in order, equal (up to float rounding) to ``edit`` on each, but computed
     together (DINM trains the cases that edit the same matrix in one batch). The bench runner's groups
     (``batch_cases`` > 1) call it when it exists, else ``edit`` case by case.
+
+    And ``edit_joint(model, tok, cases, batch_cases=8, epochs=None, on_step=None) -> Edit``: *one* edit
+    trained on all the cases at once (``detoxedit detox --combine joint``; DINM's joint objective,
+    docs/detox.md). Methods without it are refused for ``--combine joint`` before any model work.
     """
 
     name: str

@@ -427,6 +427,12 @@ class DINM:
         timings["total_s"] = time.perf_counter() - t0
         return edit
 
+    def edit_joint(self, model, tok, cases: Sequence[EditCase], batch_cases: int = 8, epochs: int | None = None,
+                   on_step=None) -> Edit:
+        """One edit trained on all ``cases`` at once (``detoxedit detox --combine joint``): :func:`joint_edit`,
+        docs/detox.md Eq. J1."""
+        return joint_edit(self, model, tok, cases, batch_cases=batch_cases, epochs=epochs, on_step=on_step)
+
     def edit_many(self, model, tok, cases: Sequence[EditCase]) -> list[Edit]:
         """The edits of ``cases``, in order: what ``[self.edit(model, tok, c) for c in cases]`` returns, up
         to float rounding, with the cases that edit the same matrix trained together (docs/dinm.md,
