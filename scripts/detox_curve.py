@@ -17,8 +17,8 @@ sets are nested (the cases of a smaller N are the first of every larger N's list
 edits in the order listed). ``--order file`` takes the first N in file order (``--limit N``).
 
 Resumable: rerun the same command; finished detox runs and evaluations are reused, and a sequential run on
-N cases starts from the finished run on the largest smaller N for as many first cases as they share (the
-same first cases give the same edits).
+N cases starts from the run on the largest smaller N in OUT (listed in --ns or not) for as many finished
+first cases as they share (the same first cases give the same edits).
 Directories: OUT/<mode>-N<n>/ (the detox run, its checkpoint in model/) and OUT/eval-<split>/<mode>-N<n>/
 (the evaluation; ``detoxedit report`` reads it, ``detoxedit compare OUT/eval-test/*`` puts them side by side).
 """
@@ -106,8 +106,7 @@ def main(argv: list[str] | None = None, judge=None) -> dict:
     for n in ns:
         for mode in modes:
             run_dir = out / f"{mode}-N{n}"
-            smaller = [m for m in ns if m < n]
-            reuse = out / f"{mode}-N{smaller[-1]}" if smaller and mode == "sequential" else None
+            reuse = largest_smaller_run(out, mode, n) if mode == "sequential" else None
             print(f"== {mode}, N={n}: detoxedit detox --model {base.model} --data {base.data} --split "
                   f"{args.detox_split} {selection(n)} --method {base.method} --combine {mode} --out {run_dir}",
                   flush=True)
@@ -145,6 +144,18 @@ def main(argv: list[str] | None = None, judge=None) -> dict:
     print(table(curve))
     print(f"written: {out / 'curve.json'}, {out / 'curve.md'}, {out / 'curve.png'}")
     return curve
+
+
+def largest_smaller_run(out: Path, mode: str, n: int) -> Path | None:
+    """``OUT/<mode>-N<m>`` with the largest m < n that exists, whether or not m is in this command's --ns
+    (a run of ``--ns 100`` then starts from an earlier run's N = 50): ``run_detox(reuse_from=...)`` takes
+    only the finished cases the two runs share at the start, so any smaller run is safe to offer."""
+    found = []
+    for d in out.glob(f"{mode}-N*"):
+        m = d.name[len(mode) + 2:]
+        if d.is_dir() and m.isdigit() and int(m) < n:
+            found.append((int(m), d))
+    return max(found)[1] if found else None
 
 
 def reading(eval_dir: Path, judge: str) -> dict | None:

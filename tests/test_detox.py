@@ -395,6 +395,13 @@ def test_evaluation_of_the_checkpoint_and_the_curve_script_on_tiny_n(setup):
     assert all(p["reading"] is None for p in again["points"] if p is not point)
     assert "| joint | 2 | 1/30 | 0% |" in (out / "curve.md").read_text()
 
+    # a later command on a larger N alone starts from the largest smaller run in OUT (N = 2, not in its --ns)
+    argv3 = [("3" if a == "1,2" else a) for a in argv]  # --ns 3
+    detox_curve.main(argv3 + ["--modes", "sequential"])
+    two = (out / "sequential-N2" / "progress.jsonl").read_text().splitlines()
+    three = (out / "sequential-N3" / "progress.jsonl").read_text().splitlines()
+    assert len(three) == 3 and three[:2] == two
+
     ids = detox_curve.interleaved_ids("builtin", "train")  # its file lists categories in blocks
     from detoxedit.data.load import load_split
     cat = {str(r.id): r.canonical_category for r in load_split("builtin", "train")}
