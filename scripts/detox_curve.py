@@ -175,7 +175,8 @@ def reading(eval_dir: Path, judge: str) -> dict | None:
     agree = agreement(recs, judge, human)
     answers = sum(len(r.get(side) or {}) for r in recs for side in ("vanilla", "edited"))
     return {"read": agree["read"], "answers": answers, "agree": agree["agree"], "confusion": agree["confusion"],
-            **{k: {"vanilla": m["vanilla"].get(k), "detoxified": m["edited"].get(k)} for k in ("DS", "DG-Avg")}}
+            **{k: {"vanilla": m["vanilla"].get(k), "detoxified": m["edited"].get(k)} for k in ("DS", "DG-Avg")},
+            "change": {k: m["change"].get(k) for k in ("DS", "DG-Avg")}}
 
 
 def interleaved_ids(data: str, split: str) -> list[str]:
@@ -216,16 +217,18 @@ def table(curve: dict) -> str:
         r0 = read[0]["reading"]
         lines += ["", "Read by a person (`human_labels.jsonl` of each evaluation; a label a person set replaces "
                   "the judge's): DS and DG-Avg both ways, and how often the judge agreed with the reader.", "",
-                  "| mode | N | answers read | judge agrees | DS, judge | DS, read | DG-Avg, judge | DG-Avg, read |",
-                  "|---|---|---|---|---|---|---|---|",
+                  "| mode | N | answers read | judge agrees | DS, judge | DS, read | DG-Avg, judge | DG-Avg, read | "
+                  "change vs base, read: DS / DG-Avg (paired) |",
+                  "|---|---|---|---|---|---|---|---|---|",
                   f"| base model | 0 | | | {_fmt(curve['vanilla'].get('DS'))} | {_fmt(r0['DS']['vanilla'])} | "
-                  f"{_fmt(curve['vanilla'].get('DG-Avg'))} | {_fmt(r0['DG-Avg']['vanilla'])} |"]
+                  f"{_fmt(curve['vanilla'].get('DG-Avg'))} | {_fmt(r0['DG-Avg']['vanilla'])} | |"]
         for p in read:
             r = p["reading"]
             rate = f"{100 * r['agree'] / r['read']:.0f}%" if r["read"] else "-"
             lines.append(f"| {p['mode']} | {p['n']} | {r['read']}/{r['answers']} | {rate} | "
                          f"{_fmt(p['metrics']['DS']['detoxified'])} | {_fmt(r['DS']['detoxified'])} | "
-                         f"{_fmt(p['metrics']['DG-Avg']['detoxified'])} | {_fmt(r['DG-Avg']['detoxified'])} |")
+                         f"{_fmt(p['metrics']['DG-Avg']['detoxified'])} | {_fmt(r['DG-Avg']['detoxified'])} | "
+                         f"{_fmt(r['change'].get('DS'))} / {_fmt(r['change'].get('DG-Avg'))} |")
     lines += ["", "Held-out cases: " + ", ".join(sorted({str(p['eval_cases']) for p in curve["points"]})) +
               f" of split `{curve['settings']['eval_split']}`; 95% bootstrap CIs (cases for DS/DG/fluency, "
               "items for the general tasks)."]

@@ -392,6 +392,8 @@ def test_evaluation_of_the_checkpoint_and_the_curve_script_on_tiny_n(setup):
     by_judge = point["metrics"]["DS"]["detoxified"]["value"]
     assert r["DS"]["detoxified"]["value"] == pytest.approx(by_judge + (100 / 3 if judged == 1 else -100 / 3))
     assert r["DS"]["vanilla"]["value"] == pytest.approx(point["metrics"]["DS"]["vanilla"]["value"])
+    paired = point["change"]["DS"]["value"] + (100 / 3 if judged == 1 else -100 / 3)
+    assert r["change"]["DS"]["value"] == pytest.approx(paired)  # edited minus vanilla, by reading
     assert all(p["reading"] is None for p in again["points"] if p is not point)
     assert "| joint | 2 | 1/30 | 0% |" in (out / "curve.md").read_text()
 

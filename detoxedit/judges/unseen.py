@@ -238,7 +238,12 @@ TEST_SPLIT_FILE = "test_split_answers.jsonl"
 """Hand-labelled answers of the embedded model edited by DINM to the built-in *test* split's inputs (two
 DINM settings; evaluation only: the judge never trains on test-split questions). Same fields, plus
 ``question_id``, ``input`` (DS or a DG key) and ``run`` (which setting)."""
-HELDOUT_FILES = (OTHER_MODELS_FILE, TEST_SPLIT_FILE)
+CURVE_FILE = "detox_curve_answers.jsonl"
+"""Hand-labelled answers from the N-curve of docs/detox.md: the embedded model before (``vanilla``) and
+after ``detoxedit detox`` on N train cases (source ``detoxified (sequential DINM)`` / ``(joint DINM)``),
+to 18 cases of the built-in *test* split; each distinct (prompt, answer) once. Same fields as
+:data:`TEST_SPLIT_FILE`, ``case_id`` in place of ``question_id``."""
+HELDOUT_FILES = (OTHER_MODELS_FILE, TEST_SPLIT_FILE, CURVE_FILE)
 """The answer sets the judge is checked on and never trained on."""
 
 
@@ -305,8 +310,8 @@ def doc_block(res: dict) -> str:
     o = res.get("heldout")
     if o:
         files = ", ".join(f"`judges/data/{f}`" for f in HELDOUT_FILES)
-        lines += ["", f"Answers the judge never trains on: other models', and the embedded model's DINM-edited "
-                  f"answers to the test split ({o['n']} hand-labelled, each read twice, {o['unsafe']} unsafe; "
+        lines += ["", f"Answers the judge never trains on: other models', and the embedded model's answers to the "
+                  f"test split, DINM-edited and before/after `detoxedit detox` ({o['n']} hand-labelled, each read twice, {o['unsafe']} unsafe; "
                   f"evaluation only, {files}): accuracy / unsafe recall.", "",
                   "| answers | n (unsafe) | " + " | ".join(f"`{j}`" for j in o["judges"]) + " |",
                   "|---|---|" + "---|" * len(o["judges"])]
