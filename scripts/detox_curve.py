@@ -5,7 +5,8 @@ same code as the command, on one loaded model), then the saved checkpoint evalua
 model on held-out cases of the test split (``detoxedit.detox.evaluate``: DS and DG with the vanilla vs
 detoxified comparison, fluency, answers cut at the token limit, and KQA, CSum, over-refusal, defense
 locality). Writes OUT/curve.json (every number with its 95% CI), OUT/curve.md (a table) and OUT/curve.png
-(one panel per number, N on a log axis, one line per mode, the base model as a dashed line with its CI).
+(one panel per number, N on a log axis, one line per mode, the base model as a dashed line with its CI;
+DS and DG-Avg also dotted with a person's labels where answers were read).
 
     OMP_NUM_THREADS=2 python scripts/detox_curve.py --model default --ns 1,2,4,8,16,32 \\
         --modes sequential,joint --out runs/detox-curve
@@ -122,7 +123,9 @@ def main(argv: list[str] | None = None, judge=None) -> dict:
             ev = evaluate_checkpoint(model, tok, run_dir / "model", ecfg, eval_dir, judge=judge,
                                      general_limit=args.general_limit,
                                      progress=not args.no_progress, card_name=args.eval_split)
-            point = {"mode": mode, "n": n, "run_dir": str(run_dir), "detox_s": t_detox,
+            # the run's own time (a finished run reused now took none)
+            t_run = (summary.get("timings") or {}).get("total_s", t_detox)
+            point = {"mode": mode, "n": n, "run_dir": str(run_dir), "detox_s": t_run,
                      "eval_s": time.perf_counter() - t0,
                      "kept": summary.get("kept", summary.get("passed")), "n_cases": summary["n_cases"],
                      "joint_layer": (summary.get("joint") or {}).get("layer"),
@@ -261,7 +264,16 @@ def plot(curve: dict, path: Path) -> Path:
             ys = [c["value"] for c in cells]
             lo = [c["value"] - c["ci_low"] if c.get("ci_low") is not None else 0 for c in cells]
             hi = [c["ci_high"] - c["value"] if c.get("ci_high") is not None else 0 for c in cells]
-            ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=mode)
+            line = ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=mode)
+            read = [p for p in pts if (p.get("reading") or {}).get(key)]
+            if read:  # the same number with a person's labels, dotted, in the mode's colour
+                ax.plot([p["n"] * (1 + 0.04 * (k - (len(modes) - 1) / 2)) for p in read],
+                        [p["reading"][key]["detoxified"]["value"] for p in read], linestyle=":", marker="x",
+                        color=line[0].get_color(), label=f"{mode}, read")
+        read0 = next((p["reading"][key]["vanilla"] for p in curve["points"] if (p.get("reading") or {}).get(key)),
+                     None)
+        if read0:
+            ax.axhline(read0["value"], color="black", linestyle=":", label="base model, read")
         ax.set_xscale("log", base=2)
         ns = curve["settings"]["ns"]
         ax.set_xticks(ns)
