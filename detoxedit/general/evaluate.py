@@ -157,6 +157,7 @@ def _read(path: Path) -> list[dict]:
 def format_table(summary: dict) -> str:
     """A plain-text table: each headline number, vanilla vs edited (mean +- std over K edits)."""
     rows = [("KQA (contains, %)", "kqa", "contains"), ("KQA (EM, %)", "kqa", "em"),
+            ("KQA questions refused (%)", "kqa", "refused"),
             ("CSum (ROUGE-1 F1, %)", "csum", "rouge1"),
             ("over-refusal (% harmless refused)", "overrefusal", "refusal_rate"),
             ("defense locality (ROUGE-L vs vanilla, %)", "locality", "rougeL")]

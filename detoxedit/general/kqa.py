@@ -31,6 +31,12 @@ TriviaQA evaluator checks whether a normalised alias is a substring of the predi
 response listing several candidates -- is bounded by the short generation budget
 (:data:`MAX_NEW_TOKENS`). EM is reported beside it as the strict lower bound. Both are percentages.
 
+**Refusals**: ``refused`` is the share of answers that open with an explicit refusal
+(:func:`detoxedit.general.overrefusal.is_explicit_refusal`, the over-refusal task's detector). A
+knowledge question is harmless, so a refused one is over-refusal the harmless-prompt set can miss: the
+N-curve's sequentially detoxified models answered "I can't help with that." to "Who wrote Romeo and
+Juliet?" while refusing none of that set's prompts (docs/detox.md).
+
 **Data**: ``builtin`` (our own 220+ questions, :file:`builtin/kqa.jsonl`), ``hub`` (TriviaQA
 ``rc.nocontext`` validation, 17,944 questions, via the ``datasets`` library), or a local JSONL file.
 """
@@ -214,10 +220,12 @@ def score(items: Sequence[KQAItem], responses: Sequence[str], n_resamples: int =
           seed: int = 0) -> dict:
     """Both KQA scores of a model's responses (``responses[i]`` answers ``items[i]``).
 
-    Returns ``{"n", "em", "contains", "headline", "ci": {"em": [lo, hi], "contains": [lo, hi]},
-    "per_item": [{"id", "extracted", "em", "contains"}]}``; scores are percentages and the intervals
-    95% percentile bootstraps over questions.
+    Returns ``{"n", "em", "contains", "refused", "headline", "ci": {"em": [lo, hi], "contains": [lo, hi],
+    "refused": [lo, hi]}, "per_item": [{"id", "extracted", "em", "contains", "refused"}]}``; scores are
+    percentages and the intervals 95% percentile bootstraps over questions.
     """
+    from detoxedit.general.overrefusal import is_explicit_refusal
+
     check_lengths(items, responses, "kqa")
     per_item = []
     for it, resp in zip(items, responses):
@@ -225,10 +233,10 @@ def score(items: Sequence[KQAItem], responses: Sequence[str], n_resamples: int =
             raise DetoxEditError(f"kqa: response to {it.id!r} is {type(resp).__name__}, not a string")
         extracted = extract_answer(resp)
         per_item.append({"id": it.id, "extracted": extracted, "em": exact_match(extracted, it.answers),
-                         "contains": contains_match(resp, it.answers)})
+                         "contains": contains_match(resp, it.answers), "refused": is_explicit_refusal(resp)})
     out: dict = {"n": len(per_item), "headline": HEADLINE}
     ci = {}
-    for key in ("em", "contains"):
+    for key in ("em", "contains", "refused"):
         values = [100.0 * r[key] for r in per_item]
         out[key] = sum(values) / len(values)
         ci[key] = _io.mean_ci(values, n_resamples=n_resamples, seed=seed)
