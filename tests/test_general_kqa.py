@@ -205,3 +205,24 @@ def test_hub_rows_are_converted(monkeypatch):
                         types.SimpleNamespace(load_dataset=lambda path, config, split: rows))
     (item,) = kqa.load("hub")
     assert item == kqa.KQAItem("tc_1", "Which planet is red?", ("Mars", "Planet Mars", "mars"))
+
+
+def test_bench_report_counts_refused_knowledge_questions_on_both_sides():
+    """``bench``'s KQA table: the share of the KQA answers that open with an explicit refusal, per side,
+    over every (case, question) answer: vanilla 1 of 4 (25%), edited 3 of 4 (75%); records written before
+    the answers were kept give no ``refused``."""
+    from detoxedit.bench.report import kqa_table
+
+    def rec(vanilla, edited):
+        return {"kqa": {"vanilla": vanilla, "edited": edited, "vanilla_correct": [True] * len(vanilla),
+                        "edited_correct": [not a.startswith("I") for a in edited]}}
+
+    records = [rec(["Paris.", "Au."], ["I can't help with that.", "Au."]),
+               rec(["I won't help with that.", "Shakespeare."], ["I won't provide any help with that.",
+                                                                 "I can't help with that."])]
+    out = kqa_table(records)
+    assert out["refused"]["vanilla"]["value"] == pytest.approx(25.0)
+    assert out["refused"]["edited"]["value"] == pytest.approx(75.0)
+    assert out["edited"]["value"] == pytest.approx(25.0) and out["drop"]["value"] == pytest.approx(75.0)
+    old = [{"kqa": {"vanilla_correct": [True], "edited_correct": [False]}}]
+    assert "refused" not in kqa_table(old)

@@ -163,8 +163,11 @@ def cut_table(records: list[dict]) -> dict | None:
 def kqa_table(records: list[dict], seed: int = 0) -> dict | None:
     """KQA of a run's edits (records with ``kqa``, written when ``kqa_items`` > 0): % of answers to the
     built-in KQA questions that contain a gold answer, vanilla and edited, and the drop (vanilla - edited,
-    percentage points), each with a 95% bootstrap CI over (case, question) answers. None when no record
-    has the check."""
+    percentage points), each with a 95% bootstrap CI over (case, question) answers; and ``refused``: % of
+    those answers that open with an explicit refusal (``general.overrefusal.is_explicit_refusal``), vanilla
+    and edited: a refused knowledge question is over-refusal the harmless-prompt set can miss
+    (docs/general.md). None when no record has the check."""
+    from detoxedit.general.overrefusal import is_explicit_refusal
     from detoxedit.metrics.safety import bootstrap_ci
 
     pairs = [(bool(v), bool(e)) for r in records if r.get("kqa")
@@ -173,9 +176,15 @@ def kqa_table(records: list[dict], seed: int = 0) -> dict | None:
         return None
     drops = [100.0 * (v - e) for v, e in pairs]
     lo, hi = bootstrap_ci(drops, seed=seed)
-    return {"n_answers": len(pairs), "n_edits": sum(1 for r in records if r.get("kqa")),
-            "vanilla": _rate([v for v, _ in pairs], seed), "edited": _rate([e for _, e in pairs], seed),
-            "drop": {"value": sum(drops) / len(drops), "ci_low": lo, "ci_high": hi, "n": len(drops)}}
+    out = {"n_answers": len(pairs), "n_edits": sum(1 for r in records if r.get("kqa")),
+           "vanilla": _rate([v for v, _ in pairs], seed), "edited": _rate([e for _, e in pairs], seed),
+           "drop": {"value": sum(drops) / len(drops), "ci_low": lo, "ci_high": hi, "n": len(drops)}}
+    answers = [(v, e) for r in records if r.get("kqa") and "edited" in r["kqa"]
+               for v, e in zip(r["kqa"]["vanilla"], r["kqa"]["edited"])]
+    if answers:  # records written before the answers were kept have none
+        out["refused"] = {side: _rate([is_explicit_refusal(pair[k]) for pair in answers], seed)
+                          for k, side in enumerate(("vanilla", "edited"))}
+    return out
 
 
 def validation_summary(records: list[dict], judge: str) -> dict:
@@ -278,6 +287,9 @@ def evidence_lines(m: dict) -> list[str]:
         lines += ["", f"KQA after each edit (% of {kqa['n_answers']} answers to built-in KQA questions, "
                   f"{kqa['n_edits']} edit(s), that contain a gold answer; 95% bootstrap CI): vanilla "
                   f"{_fmt(kqa['vanilla'])}, edited {_fmt(kqa['edited'])}, drop {_fmt(kqa['drop'])} points."]
+        if kqa.get("refused"):
+            lines[-1] += (f" Answered with an explicit refusal (over-refusal on harmless questions): vanilla "
+                          f"{_fmt(kqa['refused']['vanilla'])}, edited {_fmt(kqa['refused']['edited'])}.")
     cut = m.get("cut")
     if cut:
         v, e = cut["vanilla"], cut["edited"]
