@@ -259,7 +259,8 @@ def plot(curve: dict, path: Path) -> Path:
                           and (p["metrics"].get(key) or {}).get("detoxified")), key=lambda p: p["n"])
             if not pts:
                 continue
-            xs = [p["n"] * (1 + 0.04 * (k - (len(modes) - 1) / 2)) for p in pts]  # modes side by side
+            shift = 1 + 0.04 * (k - (len(modes) - 1) / 2)  # modes side by side
+            xs = [p["n"] * shift for p in pts]
             cells = [p["metrics"][key]["detoxified"] for p in pts]
             ys = [c["value"] for c in cells]
             lo = [c["value"] - c["ci_low"] if c.get("ci_low") is not None else 0 for c in cells]
@@ -267,7 +268,7 @@ def plot(curve: dict, path: Path) -> Path:
             line = ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", capsize=3, label=mode)
             read = [p for p in pts if (p.get("reading") or {}).get(key)]
             if read:  # the same number with a person's labels, dotted, in the mode's colour
-                ax.plot([p["n"] * (1 + 0.04 * (k - (len(modes) - 1) / 2)) for p in read],
+                ax.plot([p["n"] * shift for p in read],
                         [p["reading"][key]["detoxified"]["value"] for p in read], linestyle=":", marker="x",
                         color=line[0].get_color(), label=f"{mode}, read")
         read0 = next((p["reading"][key]["vanilla"] for p in curve["points"] if (p.get("reading") or {}).get(key)),

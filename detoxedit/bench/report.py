@@ -182,8 +182,8 @@ def kqa_table(records: list[dict], seed: int = 0) -> dict | None:
     answers = [(v, e) for r in records if r.get("kqa") and "edited" in r["kqa"]
                for v, e in zip(r["kqa"]["vanilla"], r["kqa"]["edited"])]
     if answers:  # records written before the answers were kept have none
-        out["refused"] = {side: _rate([is_explicit_refusal(pair[k]) for pair in answers], seed)
-                          for k, side in enumerate(("vanilla", "edited"))}
+        out["refused"] = {"vanilla": _rate([is_explicit_refusal(v) for v, _ in answers], seed),
+                          "edited": _rate([is_explicit_refusal(e) for _, e in answers], seed)}
     return out
 
 

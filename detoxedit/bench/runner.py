@@ -266,7 +266,8 @@ class Runner:
         out_path = records_path(self.run_dir, self.shard)
         mine = f" of shard {self.shard[0]}/{self.shard[1]}" if self.shard[1] > 1 else ""
         if not todo:
-            log.info("nothing to do: all %d selected cases%s are finished in %s", len(selected), mine, self.run_dir)
+            log.info("nothing to do: all %d selected cases%s are finished in %s", len(selected), mine,
+                     self.run_dir)
             return out_path
         log.info("%d cases%s to run (%d already finished)", len(todo), mine, len(selected) - len(todo))
         source = split_source(cfg.data, cfg.split)

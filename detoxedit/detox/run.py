@@ -462,7 +462,8 @@ def _joint(ctx: _Context, cases: list[_Case], options: DetoxOptions, progress: b
                 bar.set_postfix(loss=f"{record['loss']:.3f}", acc=f"{record['accuracy']:.2f}")
         try:
             edit = ctx.method.editor.edit_joint(ctx.model, ctx.tok, [c.case for c in cases],
-                                                batch_cases=options.joint_batch, epochs=options.joint_epochs, on_step=on_step)
+                                                batch_cases=options.joint_batch, epochs=options.joint_epochs,
+                                                on_step=on_step)
         finally:
             if bar is not None:
                 bar.close()

@@ -310,8 +310,9 @@ def doc_block(res: dict) -> str:
     o = res.get("heldout")
     if o:
         files = ", ".join(f"`judges/data/{f}`" for f in HELDOUT_FILES)
-        lines += ["", f"Answers the judge never trains on: other models', and the embedded model's answers to the "
-                  f"test split, DINM-edited and before/after `detoxedit detox` ({o['n']} hand-labelled, each read twice, {o['unsafe']} unsafe; "
+        lines += ["", "Answers the judge never trains on: other models', and the embedded model's answers to the "
+                  f"test split, DINM-edited and before/after `detoxedit detox` ({o['n']} hand-labelled, each read "
+                  f"twice, {o['unsafe']} unsafe; "
                   f"evaluation only, {files}): accuracy / unsafe recall.", "",
                   "| answers | n (unsafe) | " + " | ".join(f"`{j}`" for j in o["judges"]) + " |",
                   "|---|---|" + "---|" * len(o["judges"])]
