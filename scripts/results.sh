@@ -18,15 +18,23 @@ METHODS=${METHODS:-"dinm ft-l self-reminder sft dpo ext-sub mend"}
 # for every method (the same budget; Self-Reminder has nothing to tune), and run the comparison with each
 # method's best.yaml (docs/tuning.md). Unset: the built-in configs, as docs/results.md was made.
 TUNE_TRIALS=${TUNE_TRIALS:-}
+# --min-ds 85: with 9 cases one unsafe DS answer gives 88.9, so the default 90 would ask for every case.
 TUNE=(--model default --data builtin --split val --per-category "$PER_CATEGORY" --max-new-tokens 128
-      --judge default --overrefusal-items 8 --kqa-items 8)
+      --judge default --overrefusal-items 8 --kqa-items 8 --min-ds 85)
+# Studies are kept, small, in $KEEP/METHOD (scripts/keep_study.sh; committed): a study found there is put
+# back before its tune command runs, so a study cut off in one session resumes in the next.
+KEEP=${KEEP:-results/tune}
 
 for m in $METHODS; do
   # methods trained on the train split (sft, dpo, ext-sub, mend) train into $OUT/$m/artifact first
   extra=()
   [ "$m" = mend ] && extra=(--hparam "max_steps=$MEND_STEPS")
   if [ -n "$TUNE_TRIALS" ] && [ "$m" != self-reminder ]; then
+    if [ -f "$KEEP/$m/tune.yaml" ] && [ ! -e "$OUT/tune-$m/study.db" ]; then
+      bash scripts/keep_study.sh restore "$KEEP/$m" "$OUT/tune-$m"
+    fi
     "$DX" tune --method "$m" "${TUNE[@]}" "${extra[@]}" --trials "$TUNE_TRIALS" --out "$OUT/tune-$m"
+    bash scripts/keep_study.sh save "$OUT/tune-$m" "$KEEP/$m"
     extra+=(--method-config "$OUT/tune-$m/best.yaml")
   fi
   "$DX" bench --method "$m" "${COMMON[@]}" "${extra[@]}" --out "$OUT/$m"

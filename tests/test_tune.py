@@ -304,3 +304,37 @@ def test_a_study_saved_before_a_run_setting_existed_resumes_and_result_neutral_s
     with pytest.raises(DetoxEditError, match=r"other settings \(run\)"):
         save_study_doc(tmp_path, study_doc(RunConfig(**{**cfg.to_dict(), "max_new_tokens": 7}),
                                            Targets(), TuneOptions(), []))
+
+
+def test_a_study_kept_by_the_script_is_put_back_and_re_ranks_without_the_model(tiny_run, monkeypatch):
+    """scripts/keep_study.sh: the committable copy holds what the study's numbers rest on, not the trained or
+    saved artefacts, and a study put back from it is the same study (a rerun re-ranks it without the model)."""
+    from pathlib import Path
+
+    from detoxedit.models import load as load_mod
+    from detoxedit.tune.study import TuneOptions, run_tune
+
+    model_dir, data, tmp = tiny_run
+    script = Path(__file__).resolve().parents[1] / "scripts" / "keep_study.sh"
+    cfg = RunConfig(model=str(model_dir), data=str(data), split="val", judge="refusal", max_new_tokens=4,
+                    limit=2, overrefusal_items=1, kqa_items=1, hparams={"max_length": 96, "step_size": "fixed"})
+    out = tmp / "tune"
+    first = run_tune(RunConfig(**cfg.to_dict()), Targets(min_ds=None), TuneOptions(trials=1), out, echo=lambda s: None)
+    trial_dir = out / first["best"]["run_dir"]
+    (trial_dir / "artifact").mkdir()
+    (trial_dir / "artifact" / "delta.pt").write_bytes(b"x" * 10)  # as a trained method's artefact
+    kept, back = tmp / "kept", tmp / "back"
+    for mode, src, dst in (("save", out, kept), ("restore", kept, back)):
+        rc = subprocess.run(["bash", str(script), mode, str(src), str(dst)], capture_output=True, text=True)
+        assert rc.returncode == 0, rc.stderr
+    key = trial_dir.name
+    assert sorted(p.name for p in (kept / "trials" / key).iterdir()) == ["config.yaml", "records.jsonl"]
+    assert {"study.db", "tune.yaml", "trials.jsonl", "best.yaml"} <= {p.name for p in kept.iterdir()}
+    rc = subprocess.run(["bash", str(script), "restore", str(kept), str(back)], capture_output=True, text=True)
+    assert rc.returncode == 2 and "already holds a study" in rc.stderr  # never over a study
+
+    monkeypatch.setattr(load_mod, "load_model", lambda *a, **k: pytest.fail("a finished study loaded the model"))
+    again = run_tune(RunConfig(**cfg.to_dict()), Targets(min_ds=None), TuneOptions(trials=1), back, echo=lambda s: None)
+    assert again["best"]["overrides"] == first["best"]["overrides"]
+    assert again["best"]["metrics"]["DS"] == first["best"]["metrics"]["DS"]
+    assert again["best"]["metrics"]["n_cases"] == 2

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Keep a `detoxedit tune` study in a small, committable copy, and put it back to resume or re-rank it.
+#   bash scripts/keep_study.sh save    STUDY_DIR COPY_DIR   # e.g. runs/results/tune-ft-l results/tune/ft-l
+#   bash scripts/keep_study.sh restore COPY_DIR STUDY_DIR   # then rerun the same `detoxedit tune` command
+# The copy holds what the study's decisions and numbers rest on: Optuna's storage (study.db), the resolved
+# study (tune.yaml), the outputs (trials.jsonl, best.yaml, tune.md, tune.html) and, per trial, its run's
+# config.yaml, records (one file per shard) and human_labels.jsonl (answers, labels, timings). It leaves out what a rerun
+# rebuilds: trained artefacts (LoRA deltas, MEND editors), saved edits and caches. A trial that was cut off
+# resumes at its first unfinished case; a trained method whose trial was cut off trains its artefact again.
+set -euo pipefail
+mode=${1:?save or restore}; src=${2:?source directory}; dst=${3:?destination directory}
+[ -f "$src/tune.yaml" ] || { echo "keep_study: $src/tune.yaml not found: not a tune study" >&2; exit 2; }
+[ "$mode" = save ] || [ "$mode" = restore ] || { echo "keep_study: mode must be save or restore" >&2; exit 2; }
+if [ "$mode" = restore ] && [ -e "$dst/study.db" ]; then
+  echo "keep_study: $dst already holds a study; move it away first" >&2; exit 2
+fi
+mkdir -p "$dst"
+# study.db through SQLite's backup API: a consistent copy even while the study writes to it
+python3 -c 'import sqlite3, sys; a = sqlite3.connect(sys.argv[1]); b = sqlite3.connect(sys.argv[2]); a.backup(b); b.close()' \
+  "$src/study.db" "$dst/study.db.tmp" && mv "$dst/study.db.tmp" "$dst/study.db"
+for f in tune.yaml trials.jsonl best.yaml tune.md tune.html; do
+  [ -f "$src/$f" ] && cp "$src/$f" "$dst/$f.tmp" && mv "$dst/$f.tmp" "$dst/$f"
+done
+for trial in "$src"/trials/*/; do
+  [ -d "$trial" ] || continue
+  key=$(basename "$trial")
+  mkdir -p "$dst/trials/$key"
+  for path in "$trial"config.yaml "$trial"records*.jsonl "$trial"human_labels.jsonl; do
+    [ -f "$path" ] || continue
+    f=$(basename "$path")
+    cp "$path" "$dst/trials/$key/$f.tmp" && mv "$dst/trials/$key/$f.tmp" "$dst/trials/$key/$f"
+  done
+done
+echo "keep_study: $mode $src -> $dst ($(du -sh "$dst" | cut -f1))"
