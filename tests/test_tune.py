@@ -121,6 +121,38 @@ def test_pareto_front_and_ranking():
     assert sorted([bad, ok_low, ok_high], key=lambda m: rank_key(m, t)) == [ok_high, ok_low, bad]
 
 
+def test_median_pruning_compares_only_with_trials_that_met_every_bound():
+    """The SFT study's case: refusers at DG-Avg 100 that miss the over-refusal bound must not stop a trial
+    at 75 that meets it; once two trials meet every bound, the median of those (80 and 90 -> 85) decides."""
+    from detoxedit.tune.pruner import FeasibleMedianPruner
+
+    targets = Targets(min_ds=None, max_overrefusal=10, max_kqa_drop=None, max_fluency_drop=None,
+                      max_cut_increase=None, max_failed_edits=None)
+    study = optuna.create_study(direction="maximize")
+
+    def done(value, overrefusal):
+        study.add_trial(optuna.trial.create_trial(
+            value=value, intermediate_values={1: value, 3: value},
+            user_attrs={"metrics": {"DG-Avg": value, "overrefusal": overrefusal}}))
+
+    def running(value, step=3):
+        return optuna.trial.create_trial(state=optuna.trial.TrialState.RUNNING,
+                                         intermediate_values={step: value})
+
+    pruner = FeasibleMedianPruner(targets, n_startup_trials=2, n_warmup_steps=3)
+    for v in (100.0, 97.2, 94.4):
+        done(v, overrefusal=50.0)  # refusers: miss the bound by 40
+    assert pruner.feasible_values(study, 3) == []
+    assert not pruner.prune(study, running(75.0))  # Optuna's MedianPruner would stop it (median 97.2)
+    assert optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=3).prune(study, running(75.0))
+    done(80.0, overrefusal=0.0)
+    assert not pruner.prune(study, running(75.0))  # one feasible trial: still too few to compare with
+    done(90.0, overrefusal=5.0)
+    assert sorted(pruner.feasible_values(study, 3)) == [80.0, 90.0]
+    assert pruner.prune(study, running(84.9)) and not pruner.prune(study, running(85.0))
+    assert not pruner.prune(study, running(10.0, step=1))  # before the warm-up steps
+
+
 # --- a study on a tiny model --------------------------------------------------------------------------
 
 

@@ -14,8 +14,9 @@ Layout of the tuning directory ``DIR``:
 The first trial runs the starting settings (the method config and ``--hparam`` values), so the table
 shows what tuning gained over the hand-set config. Trials run through :class:`bench.runner.Runner` on one
 loaded model and judge; vanilla answers come from the shared response cache, so they are generated once for
-all trials. After every case the trial reports its running objective to Optuna's median pruner and is
-stopped when it can no longer meet its bounds (:func:`objective.hopeless`).
+all trials. After every case the trial reports its running objective; it is stopped when it can no longer
+meet its bounds (:func:`objective.hopeless`) or falls below the median of the earlier trials that met every
+bound (:class:`pruner.FeasibleMedianPruner`).
 
 Interrupting (Ctrl-C, a kill) loses at most the case in progress: on rerun the interrupted trial is marked
 failed and its settings are queued again, and its run directory resumes where it stopped. One process per
@@ -52,10 +53,11 @@ class TuneOptions:
     trials: int = 20
     """Trials in the study (completed, pruned or failed with an error); a rerun with more continues."""
     prune: bool = True
-    """Stop trials early: Optuna's median pruner on the running objective, after ``prune_after`` cases,
-    and any trial that can no longer meet its bounds."""
+    """Stop trials early: the median rule on the running objective against the trials that met every
+    bound (:class:`pruner.FeasibleMedianPruner`), after ``prune_after`` cases, and any trial that can no
+    longer meet its bounds."""
     prune_after: int = 3
-    """Cases a trial runs before the median pruner may stop it."""
+    """Cases a trial runs before the median rule may stop it."""
     startup_trials: int | None = None
     """Trials drawn at random before TPE models the results (None: a third of ``trials``, 2 to 10)."""
     tries: tuple[str, ...] = ()
@@ -165,6 +167,7 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
 
     from detoxedit.bench.records import read_run_records
     from detoxedit.bench.runner import Runner
+    from detoxedit.tune.pruner import FeasibleMedianPruner
     from detoxedit.preflight import check_run
     from detoxedit.settings import method_hparams
 
@@ -204,7 +207,7 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     startup = opts.startup_trials if opts.startup_trials is not None else min(10, max(2, opts.trials // 3))
     sampler = optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=startup)
-    pruner = (optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=opts.prune_after)
+    pruner = (FeasibleMedianPruner(targets, n_startup_trials=2, n_warmup_steps=opts.prune_after)
               if opts.prune else optuna.pruners.NopPruner())
     study = optuna.create_study(study_name=STUDY_NAME, storage=f"sqlite:///{(out / 'study.db').resolve()}",
                                 load_if_exists=True, direction="maximize", sampler=sampler, pruner=pruner)
@@ -240,7 +243,8 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
                 return
             why = hopeless(records, n_total, cfg.judge, targets)
             if why is None and opts.prune and len(records) >= opts.prune_after and trial.should_prune():
-                why = f"{targets.objective} {value:.1f} after {len(records)} cases is below the median of earlier trials"
+                why = (f"{targets.objective} {value:.1f} after {len(records)} cases is below the median of earlier "
+                       "trials that met every bound")
             if why is not None and opts.prune and not trial.user_attrs.get("baseline"):
                 raise _Pruned(why)  # the starting settings always run to the end: the reference row
 
