@@ -4,9 +4,10 @@
 #   bash scripts/keep_study.sh restore COPY_DIR STUDY_DIR   # then rerun the same `detoxedit tune` command
 # The copy holds what the study's decisions and numbers rest on: Optuna's storage (study.db), the resolved
 # study (tune.yaml), the outputs (trials.jsonl, best.yaml, tune.md, tune.html) and, per trial, its run's
-# config.yaml, records (one file per shard) and human_labels.jsonl (answers, labels, timings). It leaves out what a rerun
-# rebuilds: trained artefacts (LoRA deltas, MEND editors), saved edits and caches. A trial that was cut off
-# resumes at its first unfinished case; a trained method whose trial was cut off trains its artefact again.
+# config.yaml, records (one file per shard) and human_labels.jsonl (answers, labels, timings). It leaves
+# out what a rerun rebuilds: trained artefacts (LoRA deltas, MEND editors), saved edits and caches. A trial
+# that was cut off resumes at its first unfinished case; a trained method whose trial was cut off trains
+# its artefact again.
 set -euo pipefail
 mode=${1:?save or restore}; src=${2:?source directory}; dst=${3:?destination directory}
 [ -f "$src/tune.yaml" ] || { echo "keep_study: $src/tune.yaml not found: not a tune study" >&2; exit 2; }
@@ -14,21 +15,25 @@ mode=${1:?save or restore}; src=${2:?source directory}; dst=${3:?destination dir
 if [ "$mode" = restore ] && [ -e "$dst/study.db" ]; then
   echo "keep_study: $dst already holds a study; move it away first" >&2; exit 2
 fi
+
+put() {  # put FILE DIR: copy FILE into DIR atomically (a temporary name, then a rename), when it exists
+  [ -f "$1" ] || return 0
+  cp "$1" "$2/$(basename "$1").tmp" && mv "$2/$(basename "$1").tmp" "$2/$(basename "$1")"
+}
+
 mkdir -p "$dst"
 # study.db through SQLite's backup API: a consistent copy even while the study writes to it
 python3 -c 'import sqlite3, sys; a = sqlite3.connect(sys.argv[1]); b = sqlite3.connect(sys.argv[2]); a.backup(b); b.close()' \
   "$src/study.db" "$dst/study.db.tmp" && mv "$dst/study.db.tmp" "$dst/study.db"
 for f in tune.yaml trials.jsonl best.yaml tune.md tune.html; do
-  [ -f "$src/$f" ] && cp "$src/$f" "$dst/$f.tmp" && mv "$dst/$f.tmp" "$dst/$f"
+  put "$src/$f" "$dst"
 done
 for trial in "$src"/trials/*/; do
   [ -d "$trial" ] || continue
   key=$(basename "$trial")
   mkdir -p "$dst/trials/$key"
   for path in "$trial"config.yaml "$trial"records*.jsonl "$trial"human_labels.jsonl; do
-    [ -f "$path" ] || continue
-    f=$(basename "$path")
-    cp "$path" "$dst/trials/$key/$f.tmp" && mv "$dst/trials/$key/$f.tmp" "$dst/trials/$key/$f"
+    put "$path" "$dst/trials/$key"
   done
 done
 echo "keep_study: $mode $src -> $dst ($(du -sh "$dst" | cut -f1))"

@@ -38,7 +38,7 @@ class FeasibleMedianPruner(optuna.pruners.BasePruner):
         out = []
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             metrics = t.user_attrs.get("metrics")
-            if not metrics or t.user_attrs.get("stale") or violations(metrics, self.targets):
+            if not metrics or violations(metrics, self.targets):  # (stale trials are failed, never complete)
                 continue
             value = t.intermediate_values.get(step)
             if value is not None:

@@ -167,9 +167,9 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
 
     from detoxedit.bench.records import read_run_records
     from detoxedit.bench.runner import Runner
-    from detoxedit.tune.pruner import FeasibleMedianPruner
     from detoxedit.preflight import check_run
     from detoxedit.settings import method_hparams
+    from detoxedit.tune.pruner import FeasibleMedianPruner
 
     targets.validate()
     if opts.trials < 1:
