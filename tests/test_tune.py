@@ -206,6 +206,10 @@ def test_tune_two_trials_resumes_after_a_kill_and_writes_settings_bench_takes(ti
 
     rows = [json.loads(x) for x in (out / "trials.jsonl").read_text().splitlines()]
     assert len(rows) == 2 and sum(r["baseline"] for r in rows) == 1
+    # the resumed trial's time counts the cases the killed process answered, not only the last process's
+    killed_row = next(r for r in rows if out / r["run_dir"] == killed_dir)  # rerun as a new trial, same run
+    case_times = sum(r["timings"]["total_s"] for r in read_run_records(killed_dir))
+    assert killed_row["seconds"] >= case_times > 0
     assert all(r["metrics"]["n_cases"] == 6 and r["metrics"]["kqa_drop"] is not None for r in rows)
     html = (out / "tune.html").read_text()
     assert "data:image/png;base64," in html and "Search space" in html
@@ -336,6 +340,26 @@ def test_a_study_saved_before_a_run_setting_existed_resumes_and_result_neutral_s
     with pytest.raises(DetoxEditError, match=r"other settings \(run\)"):
         save_study_doc(tmp_path, study_doc(RunConfig(**{**cfg.to_dict(), "max_new_tokens": 7}),
                                            Targets(), TuneOptions(), []))
+
+
+def test_a_trial_s_time_counts_its_cases_and_its_training_whichever_process_did_them(tmp_path):
+    from detoxedit.tune.study import trial_seconds
+
+    run_dir = tmp_path / "trial"
+    (run_dir / "artifact").mkdir(parents=True)
+    (run_dir / "records.jsonl").write_text(
+        "".join(json.dumps({"case_id": str(i), "timings": {"total_s": t}}) + "\n" for i, t in enumerate([2.0, 3.5])))
+    cfg = RunConfig(method="sft")
+    # resumed: this process trained nothing (the artefact was reused) and answered one case in 4 s:
+    # 2.0 + 3.5 of cases + 10 of training = 15.5
+    (run_dir / "artifact" / "artifact.json").write_text(json.dumps({"train_seconds": 10.0}))
+    assert trial_seconds(cfg, run_dir, 4.0) == pytest.approx(15.5)
+    # all in this process, with work outside the cases (over-refusal, KQA): the process's own time is larger
+    assert trial_seconds(cfg, run_dir, 20.0) == pytest.approx(20.0)
+    # no artefact (an editing method): the cases alone; no records yet: the process's time
+    (run_dir / "artifact" / "artifact.json").unlink()
+    assert trial_seconds(cfg, run_dir, 1.0) == pytest.approx(5.5)
+    assert trial_seconds(cfg, tmp_path / "none", 1.0) == pytest.approx(1.0)
 
 
 def test_a_study_kept_by_the_script_is_put_back_and_re_ranks_without_the_model(tiny_run, monkeypatch):

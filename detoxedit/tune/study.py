@@ -256,7 +256,7 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
             trial.set_user_attr("metrics", metrics)
             _set_constraints(trial, metrics, targets)
             trial.set_user_attr("pruned", p.reason)
-            trial.set_user_attr("seconds", time.perf_counter() - t0)
+            trial.set_user_attr("seconds", trial_seconds(tcfg, run_dir, time.perf_counter() - t0))
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             echo(f"  pruned: {p.reason}")
             write_outputs(out, study, cfg, targets, opts, space, n_layers)
@@ -271,12 +271,28 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
         metrics = trial_metrics(records, cfg.judge, seed=cfg.seed, run_dir=run_dir)
         trial.set_user_attr("metrics", metrics)
         _set_constraints(trial, metrics, targets)
-        trial.set_user_attr("seconds", time.perf_counter() - t0)
+        trial.set_user_attr("seconds", trial_seconds(tcfg, run_dir, time.perf_counter() - t0))
         value = metrics.get(targets.objective)
         study.tell(trial, value if value is not None else float("nan"))
         echo("  " + _metrics_line(metrics, violations(metrics, targets)))
         write_outputs(out, study, cfg, targets, opts, space, n_layers)
     return write_outputs(out, study, cfg, targets, opts, space, n_layers)
+
+
+def trial_seconds(cfg: RunConfig, run_dir: Path, this_process: float) -> float:
+    """A trial's work in seconds, whichever process did it: its cases' own times (``timings.total_s`` of
+    each record) plus the training of its artefact (the manifest's ``train_seconds``), or, where the records
+    carry no times, the time this process spent on it. A trial resumed after a kill would otherwise count
+    only what the last process did (a reused artefact's training as 0)."""
+    from detoxedit.bench.records import read_run_records
+    from detoxedit.bench.training import MANIFEST, artifact_dir, read_manifest
+
+    times = [r["timings"]["total_s"] for r in read_run_records(run_dir) if "timings" in r]
+    if not times:
+        return this_process
+    artifact = artifact_dir(cfg, run_dir)
+    train = (read_manifest(artifact).get("train_seconds") or 0.0) if (artifact / MANIFEST).is_file() else 0.0
+    return max(this_process, sum(times) + train)
 
 
 def _metrics_line(m: dict[str, Any], missed: dict[str, float]) -> str:
