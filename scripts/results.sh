@@ -24,6 +24,8 @@ TUNE=(--model default --data builtin --split val --per-category "$PER_CATEGORY" 
 # Studies are kept, small, in $KEEP/METHOD (scripts/keep_study.sh; committed): a study found there is put
 # back before its tune command runs, so a study cut off in one session resumes in the next.
 KEEP=${KEEP:-results/tune}
+# per method, the settings and trained artefact its test run used; the test_ALL runs below use the same
+declare -A CONF ART
 
 for m in $METHODS; do
   # methods trained on the train split (sft, dpo, ext-sub, mend) train into $OUT/$m/artifact first
@@ -36,6 +38,13 @@ for m in $METHODS; do
     "$DX" tune --method "$m" "${TUNE[@]}" "${extra[@]}" --trials "$TUNE_TRIALS" --out "$OUT/tune-$m"
     bash scripts/keep_study.sh save "$OUT/tune-$m" "$KEEP/$m"
     extra+=(--method-config "$OUT/tune-$m/best.yaml")
+    # a trained method reuses the best trial's artefact when this machine still has it (the kept study does not)
+    run=$(sed -n 's/^# trial run: \([^ ]*\).*/\1/p' "$OUT/tune-$m/best.yaml")
+    CONF[$m]="$OUT/tune-$m/best.yaml"
+    if [ -n "$run" ] && [ -f "$OUT/tune-$m/$run/artifact/artifact.json" ] && [ ! -e "$OUT/$m/artifact" ]; then
+      ART[$m]="$OUT/tune-$m/$run/artifact"
+      extra+=(--artifact "${ART[$m]}")
+    fi
   fi
   "$DX" bench --method "$m" "${COMMON[@]}" "${extra[@]}" --out "$OUT/$m"
   "$DX" general --run "$OUT/$m" "${GENERAL[@]}"
@@ -50,7 +59,8 @@ TEST_ALL_SHARD=${TEST_ALL_SHARD:-0/4}
 TEST_ALL_METHODS=${TEST_ALL_METHODS:-"sft dpo self-reminder"}
 for m in $TEST_ALL_METHODS; do
   art=()
-  [ "$m" != self-reminder ] && art=(--artifact "$OUT/$m/artifact")
+  [ "$m" != self-reminder ] && art=(--artifact "${ART[$m]:-$OUT/$m/artifact}")
+  [ -n "${CONF[$m]:-}" ] && art+=(--method-config "${CONF[$m]}")
   "$DX" bench --method "$m" --model default --data builtin --split test_ALL --max-new-tokens 128 \
         --judge default --no-progress --shard "$TEST_ALL_SHARD" "${art[@]}" --out "$OUT/$m-test_ALL"
   "$DX" judge "$OUT/$m-test_ALL" --judge default > /dev/null

@@ -216,6 +216,7 @@ def test_tune_two_trials_resumes_after_a_kill_and_writes_settings_bench_takes(ti
     # best.yaml is a full method config: bench --method-config loads it unchanged, with the best trial's values
     best = json.loads(json.dumps(rows[0]))
     hp, path = method_hparams("dinm", str(model_dir), out / "best.yaml")
+    assert f"# trial run: {best['run_dir']} " in (out / "best.yaml").read_text()  # scripts/results.sh reads it
     for key, value in best["overrides"].items():
         assert getattr(hp, key) == value
     # a third run with more trials extends the same study; other settings in the same directory are refused

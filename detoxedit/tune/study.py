@@ -377,5 +377,7 @@ def write_best_yaml(path: Path, cfg: RunConfig, best: dict, targets: Targets, n_
             f"# on that split: DS {f('DS')}, DG-Avg {f('DG-Avg')}, over-refusal {f('overrefusal')}, "
             f"KQA drop {f('kqa_drop')}, fluency drop {f('fluency_drop')}.",
             f"# tuned: {', '.join(sorted(best['overrides'])) or '-'}.",
+            f"# trial run: {best['run_dir']} (beside this file; a method trained on a split keeps its artefact, where "
+            f"kept, in {best['run_dir']}/artifact, which `bench --artifact` reuses)",
             f"# Use: detoxedit bench --method {cfg.method} --method-config {path} ..."]
     atomic_write_text(path, "\n".join(head) + "\n" + yaml.safe_dump(hp.to_dict(), sort_keys=False, allow_unicode=True))
