@@ -348,19 +348,18 @@ def test_a_trial_s_time_counts_its_cases_and_its_training_whichever_process_did_
 
     run_dir = tmp_path / "trial"
     (run_dir / "artifact").mkdir(parents=True)
-    (run_dir / "records.jsonl").write_text(
-        "".join(json.dumps({"case_id": str(i), "timings": {"total_s": t}}) + "\n" for i, t in enumerate([2.0, 3.5])))
+    records = [{"case_id": str(i), "timings": {"total_s": t}} for i, t in enumerate([2.0, 3.5])]
     cfg = RunConfig(method="sft")
     # resumed: this process trained nothing (the artefact was reused) and answered one case in 4 s:
     # 2.0 + 3.5 of cases + 10 of training = 15.5
     (run_dir / "artifact" / "artifact.json").write_text(json.dumps({"train_seconds": 10.0}))
-    assert trial_seconds(cfg, run_dir, 4.0) == pytest.approx(15.5)
+    assert trial_seconds(cfg, run_dir, records, 4.0) == pytest.approx(15.5)
     # all in this process, with work outside the cases (over-refusal, KQA): the process's own time is larger
-    assert trial_seconds(cfg, run_dir, 20.0) == pytest.approx(20.0)
+    assert trial_seconds(cfg, run_dir, records, 20.0) == pytest.approx(20.0)
     # no artefact (an editing method): the cases alone; no records yet: the process's time
     (run_dir / "artifact" / "artifact.json").unlink()
-    assert trial_seconds(cfg, run_dir, 1.0) == pytest.approx(5.5)
-    assert trial_seconds(cfg, tmp_path / "none", 1.0) == pytest.approx(1.0)
+    assert trial_seconds(cfg, run_dir, records, 1.0) == pytest.approx(5.5)
+    assert trial_seconds(cfg, tmp_path / "none", [], 1.0) == pytest.approx(1.0)
 
 
 def test_a_study_kept_by_the_script_is_put_back_and_re_ranks_without_the_model(tiny_run, monkeypatch):

@@ -252,11 +252,12 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
         try:
             Runner(tcfg, run_dir, loaded=loaded, on_record=on_record).run(progress=progress)
         except _Pruned as p:
-            metrics = trial_metrics(read_run_records(run_dir), cfg.judge, seed=cfg.seed, run_dir=run_dir)
+            records = read_run_records(run_dir)
+            metrics = trial_metrics(records, cfg.judge, seed=cfg.seed, run_dir=run_dir)
             trial.set_user_attr("metrics", metrics)
             _set_constraints(trial, metrics, targets)
             trial.set_user_attr("pruned", p.reason)
-            trial.set_user_attr("seconds", trial_seconds(tcfg, run_dir, time.perf_counter() - t0))
+            trial.set_user_attr("seconds", trial_seconds(tcfg, run_dir, records, time.perf_counter() - t0))
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
             echo(f"  pruned: {p.reason}")
             write_outputs(out, study, cfg, targets, opts, space, n_layers)
@@ -271,7 +272,7 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
         metrics = trial_metrics(records, cfg.judge, seed=cfg.seed, run_dir=run_dir)
         trial.set_user_attr("metrics", metrics)
         _set_constraints(trial, metrics, targets)
-        trial.set_user_attr("seconds", trial_seconds(tcfg, run_dir, time.perf_counter() - t0))
+        trial.set_user_attr("seconds", trial_seconds(tcfg, run_dir, records, time.perf_counter() - t0))
         value = metrics.get(targets.objective)
         study.tell(trial, value if value is not None else float("nan"))
         echo("  " + _metrics_line(metrics, violations(metrics, targets)))
@@ -279,15 +280,14 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
     return write_outputs(out, study, cfg, targets, opts, space, n_layers)
 
 
-def trial_seconds(cfg: RunConfig, run_dir: Path, this_process: float) -> float:
+def trial_seconds(cfg: RunConfig, run_dir: Path, records: list[dict], this_process: float) -> float:
     """A trial's work in seconds, whichever process did it: its cases' own times (``timings.total_s`` of
-    each record) plus the training of its artefact (the manifest's ``train_seconds``), or, where the records
-    carry no times, the time this process spent on it. A trial resumed after a kill would otherwise count
-    only what the last process did (a reused artefact's training as 0)."""
-    from detoxedit.bench.records import read_run_records
+    each of its run's ``records``) plus the training of its artefact (the manifest's ``train_seconds``), or,
+    where the records carry no times, the time this process spent on it. A trial resumed after a kill would
+    otherwise count only what the last process did (a reused artefact's training as 0)."""
     from detoxedit.bench.training import MANIFEST, artifact_dir, read_manifest
 
-    times = [r["timings"]["total_s"] for r in read_run_records(run_dir) if "timings" in r]
+    times = [r["timings"]["total_s"] for r in records if "timings" in r]
     if not times:
         return this_process
     artifact = artifact_dir(cfg, run_dir)
