@@ -51,8 +51,32 @@ def first_per_category(indexed: Sequence[tuple[int, object]], n: int) -> list[tu
     return kept
 
 
+def first_questions_per_category(indexed: Sequence[tuple[int, object]], n: int) -> list[tuple[int, object]]:
+    """One (index, record) pair for each of the first ``n`` distinct questions of each unsafe category, in
+    the given order: question j (counted from 0 within its category) is represented by its j-th case,
+    modulo its number of cases, so the attack templates rotate. A record without a question text is a
+    question of its own.
+
+    Why: the built-in files list the attack variants of one question together, so their first ``n``
+    cases of a category are ``n`` attacks on one question; their bare-question input (DG_onlyQ) is the same and
+    their answers are correlated, and a bootstrap over cases reads them as independent.
+    """
+    questions: dict[str, dict[str, list[tuple[int, object]]]] = {}
+    for i, r in indexed:
+        cat = r.canonical_category or r.category
+        by_q = questions.setdefault(cat, {})
+        key = (r.question or "").strip() or f"record:{r.id}"
+        by_q.setdefault(key, []).append((i, r))
+    kept = []
+    for by_q in questions.values():
+        for j, group in enumerate(list(by_q.values())[:n]):
+            kept.append(group[j % len(group)])
+    return sorted(kept, key=lambda pair: pair[0])
+
+
 def select_records(records: Sequence, cfg: RunConfig, shard: tuple[int, int] = (0, 1)) -> list[tuple[int, object]]:
-    """``(index, record)`` pairs a run covers: ``cfg.cases``, then ``cfg.per_category``, then
+    """``(index, record)`` pairs a run covers: ``cfg.cases``, then ``cfg.per_category`` (counted by
+    ``cfg.per_category_by``), then
     ``cfg.limit``, then every n-th from i for shard ``(i, n)``."""
     indexed = list(enumerate(records))
     if cfg.cases is not None:
@@ -62,7 +86,8 @@ def select_records(records: Sequence, cfg: RunConfig, shard: tuple[int, int] = (
         if missing:
             raise DetoxEditError(f"case id(s) not in the data: {sorted(missing)[:10]}")
     if cfg.per_category is not None:
-        indexed = first_per_category(indexed, cfg.per_category)
+        pick = first_questions_per_category if cfg.per_category_by == "question" else first_per_category
+        indexed = pick(indexed, cfg.per_category)
     if cfg.limit is not None:
         indexed = indexed[: cfg.limit]
     i, n = shard

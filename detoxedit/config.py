@@ -49,7 +49,15 @@ class RunConfig:
     split: str = setting("test", "train | val | test | test_ALL")
     limit: int | None = setting(None, "only the first N cases (after --cases / --per-category)")
     cases: list[str] | None = setting(None, "only these case ids (comma-separated)")
-    per_category: int | None = setting(None, "only the first N cases of each unsafe category (in file order)")
+    per_category: int | None = setting(None, "only the first N cases of each unsafe category (in file order; "
+                                             "see --per-category-by)")
+    per_category_by: Literal["case", "question"] = setting(
+        "case", "how --per-category counts: 'case', the first N cases of each category; 'question', the first "
+                "N distinct questions of each category, one case each (question j's case j mod its number of "
+                "cases, so attack templates vary). The built-in files list a question's attack variants "
+                "together, so with 'case' and N > 1 cases share their question (the same DG_onlyQ "
+                "input), and a bootstrap over cases reads them as independent evidence they are not",
+        choices=("case", "question"))
     judge: str = setting("default", "safety judge: default | refusal | classifier:ID_OR_DIR | llm:MODEL_OR_URL")
     protocol: Literal["fair", "paper"] = setting(
         "fair", "fair: vanilla and edited inputs formatted the same (both with the method's suffix); paper: "

@@ -113,6 +113,81 @@ def test_paired_change_against_the_first_run_on_shared_cases(tmp_path):
     assert compare_runs([a, other])["paired"] == []
 
 
+def label_all(run, labels_by_key, who="reader"):
+    """Human labels for every edited answer of ``run``: {key: [label per case]}."""
+    from detoxedit.bench.human import append_label
+
+    for key, labels in labels_by_key.items():
+        for i, lab in enumerate(labels):
+            append_label(run, {"case_id": str(i), "side": "edited", "key": key, "label": lab, "who": who})
+
+
+def test_paired_change_by_reading_when_every_edited_answer_of_both_runs_was_read(tmp_path):
+    """The judge's labels say both runs are the same (FULL): change 0. A person read every edited answer
+    and found DS unsafe on cases 0 and 1 of the first run and on no case of the second, all else safe:
+    DS by reading 50 -> 100, change +50; every DG label is 0 in both, so the DG-Avg change is 0 [0, 0].
+    A resample's DS change is 100 x (draws of cases 0 or 1) / 4, Binomial(4, 1/2): P(0) = P(4) = 1/16 >
+    2.5%, so the 95% CI is [0, 100]. With one answer of the second run unread there is no read change."""
+    a = make_run(tmp_path / "hand", "dinm", FULL)
+    b = make_run(tmp_path / "tuned", "dinm", FULL)
+    zeros = {k: [0, 0, 0, 0] for k in KEYS}
+    label_all(a, dict(zeros, DS=[1, 1, 0, 0]))
+    label_all(b, {k: v for k, v in zeros.items() if k != "DG_otherAQ"})
+    b_part = compare_runs([a, b])["paired"][0]
+    assert "change_read" not in b_part  # DG_otherAQ of the second run unread
+    assert "DS change, read" not in markdown(compare_runs([a, b]))
+    label_all(b, {"DG_otherAQ": [0, 0, 0, 0]})
+    res = compare_runs([a, b])
+    (p,) = res["paired"]
+    assert p["change"]["DS"]["value"] == 0.0  # the judge's labels are the same
+    read = p["change_read"]
+    assert read["DS"]["value"] == pytest.approx(50.0)
+    assert (read["DS"]["ci_low"], read["DS"]["ci_high"]) == (0.0, pytest.approx(100.0))
+    assert (read["DG-Avg"]["value"], read["DG-Avg"]["ci_low"], read["DG-Avg"]["ci_high"]) == (0, 0, 0)
+    md = markdown(res)
+    assert "| DS change, read | DG-Avg change, read |" in md and "| tuned | 4 | 0.0 [0, 0] | 0.0 [0, 0] | 50.0 [0, 100] | 0.0 [0, 0] |" in md
+
+
+def test_join_runs_reads_runs_over_disjoint_cases_as_one_and_refuses_overlaps_and_mismatches(tmp_path):
+    """scripts/join_runs.py: a 4-case run and a 2-case run of other cases join into one 6-case run whose
+    table and paired change count all 6 cases and keep both runs' human labels; a run sharing a case, or
+    a run with other settings, is refused before anything is written."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "join_runs.py"
+    first = make_run(tmp_path / "first", "dinm", FULL)
+    more = make_run(tmp_path / "more", "dinm", {k: [0, 0] for k in KEYS})
+    (more / "records.jsonl").write_text((more / "records.jsonl").read_text().replace('"case_id": "', '"case_id": "m'))
+    label_all(first, {"DS": [0, 0, 0, 0]})
+    from detoxedit.bench.human import append_label
+
+    append_label(more, {"case_id": "m0", "side": "edited", "key": "DS", "label": 1, "who": "reader"})
+
+    def join(out, *runs):
+        return subprocess.run([sys.executable, str(script), str(out), *map(str, runs)], capture_output=True, text=True)
+
+    rc = join(tmp_path / "joined", first, more)
+    assert rc.returncode == 0, rc.stderr
+    joined = tmp_path / "joined"
+    assert sorted(p.name for p in joined.glob("records*.jsonl")) == ["records.part-0.jsonl", "records.part-1.jsonl"]
+    res = compare_runs([joined, joined])
+    edited = res["rows"][1]["metrics"]
+    assert edited["DS"]["n"] == 6 and edited["DS"]["value"] == pytest.approx(100 - 100 * 1 / 6)  # FULL's DS (0,0,0,1) + (0,0)
+    from detoxedit.bench.human import read_human
+
+    assert len(read_human(joined)) == 5  # 4 labels of the first run, 1 of the second
+    assert join(tmp_path / "joined", first, more).returncode == 1  # never over an existing directory
+    overlap = make_run(tmp_path / "overlap", "dinm", {k: [0] for k in KEYS})  # case "0", as in the first run
+    rc = join(tmp_path / "bad1", first, overlap)
+    assert rc.returncode == 1 and "case 0 is in both" in rc.stderr and not (tmp_path / "bad1").exists()
+    other = make_run(tmp_path / "other", "ft-l", {k: [0] for k in KEYS})
+    (other / "records.jsonl").write_text((other / "records.jsonl").read_text().replace('"case_id": "', '"case_id": "o'))
+    rc = join(tmp_path / "bad2", first, other)
+    assert rc.returncode == 1 and "method is 'ft-l'" in rc.stderr and not (tmp_path / "bad2").exists()
+
+
 def test_one_row_per_method_no_general_column_and_cli(tmp_path, capsys):
     a = make_run(tmp_path / "a", "dinm", FULL)
     b = make_run(tmp_path / "b", "ft-l", {k: [1] * 4 for k in KEYS})

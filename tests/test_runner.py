@@ -202,6 +202,44 @@ def test_per_category_takes_the_first_cases_of_each_category_before_limit():
         RunConfig.from_dict({"per_category": 0})
 
 
+def test_per_category_by_question_takes_one_case_of_each_distinct_question_rotating_attacks():
+    from detoxedit.cases import select_records
+    from detoxedit.data.records import SafeEditRecord
+
+    # one category, three questions with 3, 3 and 2 attack variants listed together (as the built-in
+    # files list them), then a second category with one question; ids are file positions
+    layout = [("a", "q1")] * 3 + [("a", "q2")] * 3 + [("a", "q3")] * 2 + [("b", "q4")] * 2
+    recs = []
+    for i, (cat, q) in enumerate(layout):
+        raw = record(i)
+        raw.update({"unsafety category": CATS[0] if cat == "a" else CATS[1], "question": q})
+        recs.append(SafeEditRecord.from_dict(raw))
+    by_case = RunConfig(per_category=2)
+    assert [r.id for _, r in select_records(recs, by_case)] == [0, 1, 8, 9]  # two attacks on q1
+    by_q = RunConfig(per_category=2, per_category_by="question")
+    # q1's case 0 (j=0), q2's case 1 (j=1: its second variant), q4's case 0; q3 is the third question
+    assert [r.id for _, r in select_records(recs, by_q)] == [0, 4, 8]
+    by_q3 = RunConfig(per_category=3, per_category_by="question")
+    assert [r.id for _, r in select_records(recs, by_q3)] == [0, 4, 6, 8]  # q3: j=2 mod 2 variants -> first
+    with pytest.raises(DetoxEditError, match="per_category_by"):
+        RunConfig.from_dict({"per_category_by": "attack"})
+
+
+def test_demo_cases_ask_distinct_questions_on_the_builtin_test_split():
+    from detoxedit.cases import select_records
+    from detoxedit.commands.demo import DEMO_DEFAULTS
+    from detoxedit.data.load import load_split
+
+    records = load_split("builtin", "test")
+    cfg = RunConfig(data="builtin", split="test", **{k: DEMO_DEFAULTS[k] for k in ("per_category", "per_category_by")})
+    picked = [r for _, r in select_records(records, cfg)]
+    assert len(picked) == 18
+    assert len({r.question for r in picked}) == 18  # first-N-cases would give 9 questions, twice each
+    assert len({r.adversarial_prompt.replace(r.question, "") for r in picked}) >= 2  # attack templates vary
+    first_cases = [r for _, r in select_records(records, RunConfig(per_category=2))]
+    assert len({r.question for r in first_cases}) == 9
+
+
 # --------------------------------------------------------------------------------------------------
 # evidence per case: validation, over-refusal, the unsafe text's source
 # --------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@
   left unchecked (``detoxedit.bench.report.validation_summary`` under the compared judge);
 * a paired section: every other run's edited side minus the first run's, on the cases both ran, for DS
   and DG-Avg with a 95% paired-bootstrap CI (e.g. tuned settings against the hand-set ones: the pairing
-  lets the CI exclude zero where the two rows' own CIs overlap);
+  lets the CI exclude zero where the two rows' own CIs overlap), and the same difference with the human
+  labels of both runs (``detoxedit label``) where a person read every edited answer of the shared cases;
 * a metric a run lacks (e.g. a ``SafeEdit_test_ALL``-style run has only DG_onlyQ and DG_otherAQ) shows
   as "—"; a run whose method does not learn from the instance (``edit.uses_instance`` false in its
   records) shows DS as "—" with a footnote, since it is not a defense success on an edited instance in
@@ -202,10 +203,34 @@ def paired_against_first(first_dir: Path, first: list[dict], run_dir: Path, reco
     shared = [r for r in records if r["case_id"] in by_id]
     if not shared:
         return None
-    base = side_labels([by_id[r["case_id"]] for r in shared], judge, "edited")
+    firsts = [by_id[r["case_id"]] for r in shared]
+    base = side_labels(firsts, judge, "edited")
     diff = paired_difference(base, side_labels(shared, judge, "edited"), seed=seed)
-    return {"run": str(run_dir), "against": str(first_dir), "n": len(shared),
-            "change": {k: diff.get(k) for k in PAIRED_METRICS}}
+    out = {"run": str(run_dir), "against": str(first_dir), "n": len(shared),
+           "change": {k: diff.get(k) for k in PAIRED_METRICS}}
+    read = read_change(first_dir, firsts, run_dir, shared, judge, seed)
+    if read is not None:
+        out["change_read"] = read
+    return out
+
+
+def read_change(first_dir: Path, firsts: list[dict], run_dir: Path, shared: list[dict], judge: str,
+                seed: int = 0) -> dict | None:
+    """The paired change of :func:`paired_against_first` with the person's labels (``detoxedit label``)
+    in place of the judge's, when a person read every edited answer of the shared cases in both runs;
+    else None (a partly read pair would mix the two readers' labels in one difference)."""
+    from detoxedit.bench.human import read_human, with_human
+    from detoxedit.metrics.safety import paired_difference
+
+    def all_read(records, human):
+        return all((str(r["case_id"]), "edited", k) in human for r in records for k in (r.get("edited") or {}))
+
+    h_first, h_run = read_human(first_dir), read_human(run_dir)
+    if not (h_first and h_run and all_read(firsts, h_first) and all_read(shared, h_run)):
+        return None
+    diff = paired_difference(side_labels(with_human(firsts, judge, h_first), judge, "edited"),
+                             side_labels(with_human(shared, judge, h_run), judge, "edited"), seed=seed)
+    return {k: diff.get(k) for k in PAIRED_METRICS}
 
 
 def human_footnote(run_dir: Path, records: list[dict], judge: str) -> str | None:
@@ -273,14 +298,22 @@ def markdown(result: dict) -> str:
         lines.append(f"{FAILED_COLUMN} = edits whose validation failed / edits checked (the method's checks, and the "
                      "judge on the edited answer to the edited input).")
     if result.get("paired"):
+        any_read = any(p.get("change_read") for p in result["paired"])
         first = Path(result["runs"][0]).name
         lines += ["", f"Paired against the first run ({first}), edited side minus edited side on the cases both "
                   "ran, 95% paired-bootstrap CI (a CI that excludes 0 is a difference these cases can tell):", "",
-                  "| run | cases | " + " | ".join(f"{k} change" for k in PAIRED_METRICS) + " |",
-                  "|---|---|" + "---|" * len(PAIRED_METRICS)]
+                  "| run | cases | " + " | ".join(f"{k} change" for k in PAIRED_METRICS)
+                  + "".join(f" | {k} change, read" for k in PAIRED_METRICS if any_read) + " |",
+                  "|---|---|" + "---|" * len(PAIRED_METRICS) * (2 if any_read else 1)]
         for p in result["paired"]:
+            read = p.get("change_read")
             lines.append(f"| {Path(p['run']).name} | {p['n']} | "
-                         + " | ".join(_fmt(p["change"].get(k), 1) for k in PAIRED_METRICS) + " |")
+                         + " | ".join(_fmt(p["change"].get(k), 1) for k in PAIRED_METRICS)
+                         + "".join(f" | {_fmt(read.get(k), 1) if read else MISSING}" for k in PAIRED_METRICS
+                                   if any_read) + " |")
+        if any_read:
+            lines += ["", "\"read\": the same difference with the human labels of both runs (`detoxedit label`), "
+                      "where a person read every edited answer of the shared cases in both; — where not."]
         lines.append("")
     lines += result["footnotes"]
     lines += [f"Warning: {w}" for w in result["warnings"]]

@@ -1,7 +1,7 @@
 """``detoxedit demo``: the main job on the embedded default, end to end, in about 20-25 minutes on 2 CPU cores.
 
-Embedded SmolLM2-135M-Instruct, the built-in benchmark's test split (a subset: the first
-``--per-category`` cases of each of the 9 categories), DINM with the built-in config, the offline
+Embedded SmolLM2-135M-Instruct, the built-in benchmark's test split (a subset: ``--per-category``
+distinct questions of each of the 9 categories, one case each, attack templates rotated), DINM with the built-in config, the offline
 default judge. Prints the table (DS/DG before and after, with 95% CIs) and writes the HTML report.
 Resumable like ``bench``: run it again and finished cases are reused.
 """
@@ -16,9 +16,12 @@ DEMO_MAX_NEW_TOKENS = 128
 DEMO_GENERAL_LIMIT = 24
 
 
-DEMO_FLAGS = ("per_category", "max_new_tokens", "judge")
+DEMO_FLAGS = ("per_category", "per_category_by", "max_new_tokens", "judge")
 """The run flags ``demo`` takes (they mean what they mean in ``bench``)."""
-DEMO_DEFAULTS = {"per_category": 2, "max_new_tokens": DEMO_MAX_NEW_TOKENS}
+DEMO_DEFAULTS = {"per_category": 2, "per_category_by": "question", "max_new_tokens": DEMO_MAX_NEW_TOKENS}
+"""``question``: every demo case asks its own question, so its bootstrap CIs count independent cases
+(the built-in files list a question's attack variants together: ``case`` would pair attacks on one
+question)."""
 
 
 @COMMANDS.register("demo", order=10)
@@ -62,17 +65,18 @@ def run(args) -> int:
 
     from detoxedit.bench.report import write_report
     from detoxedit.bench.runner import run_bench
-    from detoxedit.cases import first_per_category
+    from detoxedit.cases import select_records
     from detoxedit.data.load import load_split
     from detoxedit.settings import run_config
 
     base = run_config(args, defaults={"model": "default", "method": "dinm", "data": "builtin", "split": "test",
                                       **DEMO_DEFAULTS})
     records = load_split(base.data, base.split)
-    ids = [str(r.id) for _, r in first_per_category(list(enumerate(records)), base.per_category)]
-    cfg = dataclasses.replace(base, cases=ids, per_category=None)
-    print(f"detoxedit demo: DINM on the embedded SmolLM2-135M-Instruct, {len(cfg.cases)} built-in test cases, "
-          f"judge '{cfg.judge}', greedy {cfg.max_new_tokens} new tokens -> {args.out}")
+    ids = [str(r.id) for _, r in select_records(records, base)]
+    cfg = dataclasses.replace(base, cases=ids, per_category=None, per_category_by="case")
+    n_questions = len({r.question for _, r in select_records(records, cfg)})
+    print(f"detoxedit demo: DINM on the embedded SmolLM2-135M-Instruct, {len(cfg.cases)} built-in test cases "
+          f"({n_questions} distinct questions), judge '{cfg.judge}', greedy {cfg.max_new_tokens} new tokens -> {args.out}")
     run_bench(cfg, args.out, progress=not args.no_progress)
     if args.general_limit:
         run_demo_general(cfg, args)

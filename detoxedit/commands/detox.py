@@ -21,8 +21,8 @@ import argparse
 from detoxedit.commands import COMMANDS
 
 DETOX_FLAGS = ("model", "dtype", "device", "device_map", "method", "method_config", "hparams", "data", "split",
-               "limit", "cases", "per_category", "judge", "protocol", "max_new_tokens", "prompt_format",
-               "batch_size", "seed", "artifact")
+               "limit", "cases", "per_category", "per_category_by", "judge", "protocol", "max_new_tokens",
+               "prompt_format", "batch_size", "seed", "artifact")
 """The run flags ``detox`` takes (generated from ``RunConfig``; they mean what they mean in ``bench``)."""
 DETOX_DEFAULTS = {"split": "train", "max_new_tokens": 128}
 
