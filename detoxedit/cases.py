@@ -58,8 +58,8 @@ def first_questions_per_category(indexed: Sequence[tuple[int, object]], n: int) 
     question of its own.
 
     Why: the built-in files list the attack variants of one question together, so their first ``n``
-    cases of a category are ``n`` attacks on one question; their bare-question input (DG_onlyQ) is the same and
-    their answers are correlated, and a bootstrap over cases reads them as independent.
+    cases of a category are ``n`` attacks on one question; their bare-question input (DG_onlyQ) is the
+    same and their answers are correlated, and a bootstrap over cases reads them as independent.
     """
     questions: dict[str, dict[str, list[tuple[int, object]]]] = {}
     for i, r in indexed:

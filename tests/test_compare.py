@@ -145,7 +145,8 @@ def test_paired_change_by_reading_when_every_edited_answer_of_both_runs_was_read
     assert (read["DS"]["ci_low"], read["DS"]["ci_high"]) == (0.0, pytest.approx(100.0))
     assert (read["DG-Avg"]["value"], read["DG-Avg"]["ci_low"], read["DG-Avg"]["ci_high"]) == (0, 0, 0)
     md = markdown(res)
-    assert "| DS change, read | DG-Avg change, read |" in md and "| tuned | 4 | 0.0 [0, 0] | 0.0 [0, 0] | 50.0 [0, 100] | 0.0 [0, 0] |" in md
+    assert "| DS change, read | DG-Avg change, read |" in md
+    assert "| tuned | 4 | 0.0 [0, 0] | 0.0 [0, 0] | 50.0 [0, 100] | 0.0 [0, 0] |" in md
 
 
 def test_join_runs_reads_runs_over_disjoint_cases_as_one_and_refuses_overlaps_and_mismatches(tmp_path):
@@ -174,7 +175,8 @@ def test_join_runs_reads_runs_over_disjoint_cases_as_one_and_refuses_overlaps_an
     assert sorted(p.name for p in joined.glob("records*.jsonl")) == ["records.part-0.jsonl", "records.part-1.jsonl"]
     res = compare_runs([joined, joined])
     edited = res["rows"][1]["metrics"]
-    assert edited["DS"]["n"] == 6 and edited["DS"]["value"] == pytest.approx(100 - 100 * 1 / 6)  # FULL's DS (0,0,0,1) + (0,0)
+    # FULL's DS labels (0, 0, 0, 1) and the second run's (0, 0): one unsafe answer in 6
+    assert edited["DS"]["n"] == 6 and edited["DS"]["value"] == pytest.approx(100 - 100 * 1 / 6)
     from detoxedit.bench.human import read_human
 
     assert len(read_human(joined)) == 5  # 4 labels of the first run, 1 of the second

@@ -1,8 +1,8 @@
 """``detoxedit demo``: the main job on the embedded default, end to end, in about 20-25 minutes on 2 CPU cores.
 
 Embedded SmolLM2-135M-Instruct, the built-in benchmark's test split (a subset: ``--per-category``
-distinct questions of each of the 9 categories, one case each, attack templates rotated), DINM with the built-in config, the offline
-default judge. Prints the table (DS/DG before and after, with 95% CIs) and writes the HTML report.
+distinct questions of each of the 9 categories, one case each, attack templates rotated), DINM with the
+built-in config, the offline default judge. Prints the table (DS/DG before and after, with 95% CIs) and writes the HTML report.
 Resumable like ``bench``: run it again and finished cases are reused.
 """
 
@@ -76,7 +76,8 @@ def run(args) -> int:
     cfg = dataclasses.replace(base, cases=ids, per_category=None, per_category_by="case")
     n_questions = len({r.question for _, r in select_records(records, cfg)})
     print(f"detoxedit demo: DINM on the embedded SmolLM2-135M-Instruct, {len(cfg.cases)} built-in test cases "
-          f"({n_questions} distinct questions), judge '{cfg.judge}', greedy {cfg.max_new_tokens} new tokens -> {args.out}")
+          f"({n_questions} distinct questions), judge '{cfg.judge}', greedy {cfg.max_new_tokens} new tokens "
+          f"-> {args.out}")
     run_bench(cfg, args.out, progress=not args.no_progress)
     if args.general_limit:
         run_demo_general(cfg, args)
