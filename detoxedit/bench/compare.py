@@ -219,15 +219,13 @@ def read_change(first_dir: Path, firsts: list[dict], run_dir: Path, shared: list
     """The paired change of :func:`paired_against_first` with the person's labels (``detoxedit label``)
     in place of the judge's, when a person read every edited answer of the shared cases in both runs;
     else None (a partly read pair would mix the two readers' labels in one difference)."""
-    from detoxedit.bench.human import read_human, with_human
+    from detoxedit.bench.human import read_human, reading_queue, with_human
     from detoxedit.metrics.safety import paired_difference
 
-    def all_read(records, human):
-        return all((str(r["case_id"]), "edited", k) in human for r in records for k in (r.get("edited") or {}))
-
     h_first, h_run = read_human(first_dir), read_human(run_dir)
-    if not (h_first and h_run and all_read(firsts, h_first) and all_read(shared, h_run)):
-        return None
+    if not (h_first and h_run) or reading_queue(firsts, judge, ("edited",), h_first) \
+            or reading_queue(shared, judge, ("edited",), h_run):
+        return None  # some edited answer is still unread
     diff = paired_difference(side_labels(with_human(firsts, judge, h_first), judge, "edited"),
                              side_labels(with_human(shared, judge, h_run), judge, "edited"), seed=seed)
     return {k: diff.get(k) for k in PAIRED_METRICS}

@@ -2,7 +2,8 @@
 
 Embedded SmolLM2-135M-Instruct, the built-in benchmark's test split (a subset: ``--per-category``
 distinct questions of each of the 9 categories, one case each, attack templates rotated), DINM with the
-built-in config, the offline default judge. Prints the table (DS/DG before and after, with 95% CIs) and writes the HTML report.
+built-in config, the offline default judge. Prints the table (DS/DG before and after, with 95% CIs) and
+writes the HTML report.
 Resumable like ``bench``: run it again and finished cases are reused.
 """
 
@@ -72,9 +73,9 @@ def run(args) -> int:
     base = run_config(args, defaults={"model": "default", "method": "dinm", "data": "builtin", "split": "test",
                                       **DEMO_DEFAULTS})
     records = load_split(base.data, base.split)
-    ids = [str(r.id) for _, r in select_records(records, base)]
-    cfg = dataclasses.replace(base, cases=ids, per_category=None, per_category_by="case")
-    n_questions = len({r.question for _, r in select_records(records, cfg)})
+    chosen = [r for _, r in select_records(records, base)]
+    cfg = dataclasses.replace(base, cases=[str(r.id) for r in chosen], per_category=None, per_category_by="case")
+    n_questions = len({r.question for r in chosen})
     print(f"detoxedit demo: DINM on the embedded SmolLM2-135M-Instruct, {len(cfg.cases)} built-in test cases "
           f"({n_questions} distinct questions), judge '{cfg.judge}', greedy {cfg.max_new_tokens} new tokens "
           f"-> {args.out}")
