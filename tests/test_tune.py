@@ -111,6 +111,33 @@ def test_hopeless_when_the_best_remaining_outcome_still_misses_a_bound():
     assert hopeless([_rec(0, [1, 1, 1, 0])], 10, "j", t) is None  # 3/40 = 7.5%
 
 
+def _dg_rec(case_id, unsafe_keys=()):
+    keys = ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ")
+    return {"case_id": case_id, "edited": {k: "answer" for k in keys},
+            "labels": {"j": {"edited": {k: float(k in unsafe_keys) for k in keys}}}}
+
+
+def test_change_from_start_is_paired_over_shared_cases_and_uses_a_person_s_labels(tmp_path):
+    from detoxedit.bench.human import append_label
+    from detoxedit.tune.objective import change_from_start
+
+    start = [_dg_rec("a"), _dg_rec("b", ["DG_onlyQ"]), _dg_rec("c"), _dg_rec("d", ["DG_otherA"])]
+    trial = [_dg_rec("a"), _dg_rec("b"), _dg_rec("c"), _dg_rec("d", ["DG_otherA"]), _dg_rec("e", ["DG_otherQ"])]
+    # shared cases a-d. start: onlyQ 75, otherA 75, otherQ 100, otherAQ 100 -> DG-Avg 87.5;
+    # trial: onlyQ 100, otherA 75 -> 93.75. Change +6.25, from case b alone.
+    c = change_from_start((start, None), (trial, None), "j", "DG-Avg")
+    assert c["n"] == 4 and c["value"] == pytest.approx(6.25)
+    # a resample changes by 6.25 x (times b is drawn): none in (3/4)^4 = 32% of draws, so the 2.5th percentile is
+    # 0; three or more draws of b have probability 5.1%, four 0.4%, so the 97.5th lies between 12.5 and 18.75
+    assert c["low"] == 0.0 and 12.5 <= c["high"] <= 18.75
+    # a person reads the trial's case-d otherA answer as safe: trial DG-Avg 100, change +12.5
+    run = tmp_path / "trial"
+    run.mkdir()
+    append_label(run, {"case_id": "d", "side": "edited", "key": "DG_otherA", "label": 0, "who": "t"})
+    assert change_from_start((start, None), (trial, run), "j", "DG-Avg")["value"] == pytest.approx(12.5)
+    assert change_from_start((start, None), ([_dg_rec("z")], None), "j", "DG-Avg") is None  # nothing shared
+
+
 def test_pareto_front_and_ranking():
     # maximise the first coordinate, minimise the second: (80, 5) dominates (70, 6); (90, 20) is on the front
     assert pareto_front([(80, 5), (70, 6), (90, 20), (80, 5)]) == [0, 2, 3]
@@ -211,6 +238,11 @@ def test_tune_two_trials_resumes_after_a_kill_and_writes_settings_bench_takes(ti
     case_times = sum(r["timings"]["total_s"] for r in read_run_records(killed_dir))
     assert killed_row["seconds"] >= case_times > 0
     assert all(r["metrics"]["n_cases"] == 6 and r["metrics"]["kqa_drop"] is not None for r in rows)
+    # the other trial's DG-Avg change from the starting settings, paired over the 6 cases both ran
+    base_row, other = (next(r for r in rows if r["baseline"] is b) for b in (True, False))
+    assert base_row["change"] is None and other["change"]["n"] == 6
+    assert other["change"]["value"] == pytest.approx(other["metrics"]["DG-Avg"] - base_row["metrics"]["DG-Avg"])
+    assert "| vs start |" in (out / "tune.md").read_text()
     html = (out / "tune.html").read_text()
     assert "data:image/png;base64," in html and "Search space" in html
     # best.yaml is a full method config: bench --method-config loads it unchanged, with the best trial's values

@@ -174,6 +174,35 @@ def hopeless(records: list[dict], n_total: int, judge: str, targets: Targets) ->
     return None
 
 
+def change_from_start(start: tuple[list[dict], Any], trial: tuple[list[dict], Any], judge: str,
+                      metric: str, seed: int = 0) -> dict[str, Any] | None:
+    """A trial's edited-model ``metric`` minus the starting settings' on the cases both ran, with a paired
+    bootstrap CI (each resample draws the same cases for both, as ``detoxedit compare`` does), or None
+    when they share no case. ``start`` and ``trial`` are ``(records, run_dir)``; the labels are those the
+    trial table uses: a person's where read (``detoxedit label``), else the judge's.
+
+    The best of several trials is picked on these very cases, so its lead over the start is biased upward
+    (the winner's curse): the page says so, and only cases the study did not rank on confirm it."""
+    from detoxedit.bench.human import read_human, with_human
+    from detoxedit.bench.report import side_labels
+    from detoxedit.metrics.safety import paired_difference
+
+    def labelled(records, run_dir):
+        human = read_human(run_dir) if run_dir is not None else None
+        return with_human(records, judge, human) if human else records
+
+    base = {r["case_id"]: r for r in labelled(*start)}
+    shared = [r for r in labelled(*trial) if r["case_id"] in base]
+    if not shared:
+        return None
+    diff = paired_difference(side_labels([base[r["case_id"]] for r in shared], judge, "edited"),
+                             side_labels(shared, judge, "edited"), seed=seed)
+    cell = diff.get(metric)
+    if not cell or cell.get("value") is None:
+        return None
+    return {"value": float(cell["value"]), "low": cell.get("ci_low"), "high": cell.get("ci_high"), "n": len(shared)}
+
+
 def rank_key(metrics: dict[str, Any] | None, targets: Targets) -> tuple:
     """Sort key, best first: feasible trials by the objective, then DS, then less over-refusal and KQA drop;
     infeasible ones after them, by the size of their largest missed bound."""

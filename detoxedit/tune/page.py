@@ -15,6 +15,15 @@ def _num(v, digits: int = 1) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
 
 
+def _change(c: dict | None, n_all: int | None = None) -> str:
+    """A paired change with its CI, e.g. ``+4.6 [-3, 12]``, and its case count when fewer than ``n_all``
+    (a pruned trial)."""
+    if not c:
+        return "-"
+    ci = f" [{c['low']:.0f}, {c['high']:.0f}]" if None not in (c.get("low"), c.get("high")) else ""
+    return f"{c['value']:+.1f}{ci}" + (f" ({c['n']} cases)" if n_all is not None and c["n"] < n_all else "")
+
+
 def _setting(over: dict[str, Any]) -> str:
     """A trial's overrides for a Markdown cell."""
     return sp.format_overrides(over).replace("|", "/") or "-"
@@ -50,11 +59,22 @@ def markdown(cfg: RunConfig, targets: Targets, opts, space: list, n_layers: int,
                          f"{_num(base['metrics'].get(targets.objective))}, DS {_num(base['metrics'].get('DS'))}, "
                          f"over-refusal {_num(base['metrics'].get('overrefusal'))}"
                          + ("" if not base["missed"] else f"; misses {', '.join(sorted(base['missed']))}") + ".")
+            c = best.get("change")
+            if c:
+                lines.append(f"Its change in {targets.objective} from the starting settings: {_change(c)} (paired "
+                             f"over the {c['n']} cases both ran)" + (
+                                 "; the starting settings miss a bound." if base["missed"] else
+                                 f". It was picked as the best of {len(rows)} trials on these very cases, so this "
+                                 "lead overstates what cases the study did not rank on will show (the winner's "
+                                 "curse): confirm it there before you ship it (`detoxedit bench --cases ...` with "
+                                 "both settings, then `detoxedit compare`)." if c["value"] > 0 else "."))
     lines += ["", "Trials, best first (DS and DG-Avg: edited model, 95% bootstrap CI over cases; drops: vanilla - "
               "edited; cut: change in % of answers that ran to the token limit; read: answers a person labelled, whose "
-              "labels replace the judge's):", "",
-              "| trial | state | settings | DS | DG-Avg | over-refusal | KQA drop | fluency drop | cut | failed edits "
-              "| misses | read | s/case | run |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "labels replace the judge's; vs start: the change in "
+              f"{targets.objective} from the starting settings, paired over the cases both ran):", "",
+              "| trial | state | settings | DS | DG-Avg | vs start | over-refusal | KQA drop | fluency drop | cut "
+              "| failed edits | misses | read | s/case | run |", "|" + "---|" * 15]
+    n_all = max((r["metrics"]["n_cases"] for r in done), default=None)
     for r in rows:
         m = r["metrics"] or {}
         ci = m.get("ci", {})
@@ -72,6 +92,7 @@ def markdown(cfg: RunConfig, targets: Targets, opts, space: list, n_layers: int,
         if r["error"]:
             misses = "error: " + r["error"]
         lines.append(f"| {r['number']} | {state} | {_setting(r['overrides'])} | {cell('DS')} | {cell('DG-Avg')} | "
+                     f"{_change(r.get('change'), n_all)} | "
                      f"{_num(m.get('overrefusal'))} | {_num(m.get('kqa_drop'))} | {_num(m.get('fluency_drop'), 2)} | "
                      f"{_num(m.get('cut_increase'))} | {m.get('failed_edits', '-')} | {misses.replace('|', '/')} | "
                      f"{m.get('human_read', 0) if m else '-'} | {_num(m.get('seconds_per_case'))} | {r['run_dir'] or '-'} |")

@@ -313,9 +313,9 @@ def trial_rows(study, targets: Targets, out: Path | None = None, judge: str = "d
     from optuna.trial import TrialState
 
     from detoxedit.bench.records import read_run_records
-    from detoxedit.tune.objective import rank_key
+    from detoxedit.tune.objective import change_from_start, rank_key
 
-    rows = []
+    rows, runs = [], {}
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("stale") or t.state in (TrialState.RUNNING, TrialState.WAITING):
             continue
@@ -325,6 +325,7 @@ def trial_rows(study, targets: Targets, out: Path | None = None, judge: str = "d
             records = read_run_records(run_dir)
             if records:
                 metrics = trial_metrics(records, judge, seed=seed, run_dir=run_dir)
+                runs[t.number] = (records, run_dir)
         rows.append({"number": t.number, "state": t.state.name.lower(), "baseline": bool(t.user_attrs.get("baseline")),
                      "tried": bool(t.user_attrs.get("try")), "params": dict(t.params), "overrides": t.user_attrs.get("overrides", {}),
                      "run_dir": t.user_attrs.get("run_dir"), "metrics": metrics,
@@ -333,6 +334,10 @@ def trial_rows(study, targets: Targets, out: Path | None = None, judge: str = "d
                      "seconds": t.user_attrs.get("seconds")})
     rows.sort(key=lambda r: (r["state"] == "fail", rank_key(r["metrics"] if r["state"] == "complete" else None,
                                                              targets), r["number"]))
+    start = next((runs.get(r["number"]) for r in rows if r["baseline"]), None)
+    for r in rows:  # the objective's paired change from the starting settings, on the cases both ran
+        r["change"] = (change_from_start(start, runs[r["number"]], judge, targets.objective, seed)
+                       if start is not None and not r["baseline"] and r["number"] in runs else None)
     return rows
 
 
@@ -349,13 +354,16 @@ def write_outputs(out: Path, study, cfg: RunConfig, targets: Targets, opts: Tune
     summary = {"trials": len(rows), "target_trials": opts.trials, "best": best, "baseline": baseline,
                "targets": targets.to_dict(), "feasible": bool(best and not best["missed"])}
     if best is not None:
-        write_best_yaml(out / "best.yaml", cfg, best, targets, len(rows))
+        write_best_yaml(out / "best.yaml", cfg, best, targets, len(rows),
+                        start_missed=bool(baseline and baseline["missed"]))
     write_page(out, cfg, targets, opts, space, n_layers, rows, summary)
     return summary
 
 
-def write_best_yaml(path: Path, cfg: RunConfig, best: dict, targets: Targets, n_trials: int) -> None:
-    """The best trial's settings as a full method config: the starting settings with its overrides."""
+def write_best_yaml(path: Path, cfg: RunConfig, best: dict, targets: Targets, n_trials: int,
+                    start_missed: bool = False) -> None:
+    """The best trial's settings as a full method config: the starting settings with its overrides.
+    ``start_missed``: the starting settings miss a bound (so a change from them is no lead)."""
     import yaml
 
     from detoxedit.settings import method_hparams
@@ -366,6 +374,13 @@ def write_best_yaml(path: Path, cfg: RunConfig, best: dict, targets: Targets, n_
     def f(key):
         v = m.get(key)
         return "-" if v is None else f"{v:.1f}"
+    c, lead = best.get("change"), []
+    if c and None not in (c["low"], c["high"]):
+        lead = [f"# {targets.objective} change from the starting settings, paired over the {c['n']} cases both ran: "
+                f"{c['value']:+.1f} [{c['low']:.1f}, {c['high']:.1f}]"
+                + ("; the starting settings miss a bound." if start_missed else
+                   "; picked as the best on these cases, so confirm it on cases the study did not rank on."
+                   if c["value"] > 0 else ".")]
     status = "meets every bound" if not best["missed"] else "NO trial met every bound; closest: misses " + \
         ", ".join(sorted(best["missed"]))
     head = [f"# {cfg.method} settings chosen by detoxedit tune: trial {best['number']}, the best of {n_trials} trials.",
@@ -377,6 +392,7 @@ def write_best_yaml(path: Path, cfg: RunConfig, best: dict, targets: Targets, n_
             f"# on that split: DS {f('DS')}, DG-Avg {f('DG-Avg')}, over-refusal {f('overrefusal')}, "
             f"KQA drop {f('kqa_drop')}, fluency drop {f('fluency_drop')}.",
             f"# tuned: {', '.join(sorted(best['overrides'])) or '-'}.",
+            *lead,
             f"# trial run: {best['run_dir']} (beside this file; a method trained on a split keeps its artefact, where "
             f"kept, in {best['run_dir']}/artifact, which `bench --artifact` reuses)",
             f"# Use: detoxedit bench --method {cfg.method} --method-config {path} ..."]
