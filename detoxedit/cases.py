@@ -39,12 +39,21 @@ def to_edit_case(record, source: str, index: int) -> EditCase:
                     knowledge_answer=getattr(kc, "answer", None) or None, case_id=record.id)
 
 
+def _category(r) -> str:
+    return r.canonical_category or r.category
+
+
+def _question(r) -> str:
+    """What makes two records one question: their question text (a record without one is its own)."""
+    return (r.question or "").strip() or f"record:{r.id}"
+
+
 def first_per_category(indexed: Sequence[tuple[int, object]], n: int) -> list[tuple[int, object]]:
     """The first ``n`` (index, record) pairs of each unsafe category, in the given order."""
     taken: dict[str, int] = {}
     kept = []
     for i, r in indexed:
-        cat = r.canonical_category or r.category
+        cat = _category(r)
         if taken.get(cat, 0) < n:
             taken[cat] = taken.get(cat, 0) + 1
             kept.append((i, r))
@@ -63,15 +72,21 @@ def first_questions_per_category(indexed: Sequence[tuple[int, object]], n: int) 
     """
     questions: dict[str, dict[str, list[tuple[int, object]]]] = {}
     for i, r in indexed:
-        cat = r.canonical_category or r.category
-        by_q = questions.setdefault(cat, {})
-        key = (r.question or "").strip() or f"record:{r.id}"
-        by_q.setdefault(key, []).append((i, r))
+        questions.setdefault(_category(r), {}).setdefault(_question(r), []).append((i, r))
     kept = []
     for by_q in questions.values():
         for j, group in enumerate(list(by_q.values())[:n]):
             kept.append(group[j % len(group)])
     return sorted(kept, key=lambda pair: pair[0])
+
+
+def unseen_questions_per_category(records: Sequence, seen: Iterable, n: int) -> list[tuple[int, object]]:
+    """One (index, record) pair for each of the first ``n`` questions of each category that none of the
+    ``seen`` records asks (:func:`first_questions_per_category` over the rest): cases for checking a
+    choice made on ``seen`` (``detoxedit tune --confirm-per-category``) on questions it was not made on."""
+    asked = {(_category(r), _question(r)) for r in seen}
+    rest = [(i, r) for i, r in enumerate(records) if (_category(r), _question(r)) not in asked]
+    return first_questions_per_category(rest, n)
 
 
 def select_records(records: Sequence, cfg: RunConfig, shard: tuple[int, int] = (0, 1)) -> list[tuple[int, object]]:

@@ -4,7 +4,8 @@
 #   bash scripts/keep_study.sh restore COPY_DIR STUDY_DIR   # then rerun the same `detoxedit tune` command
 # The copy holds what the study's decisions and numbers rest on: Optuna's storage (study.db), the resolved
 # study (tune.yaml), the outputs (trials.jsonl, best.yaml, tune.md, tune.html) and, per trial, its run's
-# config.yaml, records (one file per shard) and human_labels.jsonl (answers, labels, timings). It leaves
+# config.yaml, records (one file per shard) and human_labels.jsonl (answers, labels, timings), and the same
+# for each confirmation run (confirm/KEY, `tune --confirm-per-category`). It leaves
 # out what a rerun rebuilds: trained artefacts (LoRA deltas, MEND editors), saved edits and caches. A trial
 # that was cut off resumes at its first unfinished case; a trained method whose trial was cut off trains
 # its artefact again.
@@ -28,12 +29,12 @@ python3 -c 'import sqlite3, sys; a = sqlite3.connect(sys.argv[1]); b = sqlite3.c
 for f in tune.yaml trials.jsonl best.yaml tune.md tune.html; do
   put "$src/$f" "$dst"
 done
-for trial in "$src"/trials/*/; do
+for trial in "$src"/trials/*/ "$src"/confirm/*/; do   # the trials' runs and the confirmation runs
   [ -d "$trial" ] || continue
-  key=$(basename "$trial")
-  mkdir -p "$dst/trials/$key"
+  sub=$(basename "$(dirname "$trial")")/$(basename "$trial")
+  mkdir -p "$dst/$sub"
   for path in "$trial"config.yaml "$trial"records*.jsonl "$trial"human_labels.jsonl; do
-    put "$path" "$dst/trials/$key"
+    put "$path" "$dst/$sub"
   done
 done
 echo "keep_study: $mode $src -> $dst ($(du -sh "$dst" | cut -f1))"

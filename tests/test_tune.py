@@ -356,6 +356,57 @@ def test_a_try_setting_runs_right_after_the_starting_one_and_only_once(tiny_run)
     assert "(--try)" in (out / "tune.md").read_text()
 
 
+def test_confirmation_runs_the_best_and_the_start_on_questions_the_study_did_not_ask(tiny_run, monkeypatch):
+    from detoxedit.bench.human import append_label
+    from detoxedit.models import load as load_mod
+    from detoxedit.tune.study import TuneOptions, confirm_config, run_tune
+
+    model_dir, data, tmp = tiny_run
+    # the 6 records ask 5 questions, one per category; record 5 asks record 0's question again
+    cfg = RunConfig(model=str(model_dir), data=str(data), split="val", judge="refusal", max_new_tokens=4,
+                    cases=["0", "1"], overrefusal_items=1, kqa_items=1,
+                    hparams={"max_length": 96, "step_size": "fixed", "num_steps": 1})
+    assert confirm_config(cfg, 1).cases == ["2", "3", "4"]  # not 5: the study asks its question (case 0)
+    with pytest.raises(DetoxEditError, match="none is left to confirm on"):  # before any model work
+        run_tune(RunConfig(**{**cfg.to_dict(), "cases": None}), Targets(min_ds=None),
+                 TuneOptions(trials=1, confirm_per_category=1), tmp / "all", echo=lambda s: None)
+    assert not (tmp / "all" / "trials").exists()
+    out = tmp / "tune"
+    first = run_tune(RunConfig(**cfg.to_dict()), Targets(min_ds=None), TuneOptions(trials=2, prune=False), out,
+                     echo=lambda s: None)
+    assert first["best"]["baseline"] and first["confirmation"] is None  # the start is best: nothing to confirm
+    other = next(r for r in json.loads("[" + ",".join((out / "trials.jsonl").read_text().splitlines()) + "]")
+                 if not r["baseline"])
+    for case in ("0", "1"):  # a person reads the other trial's answers as safe: it becomes the best
+        for key in ("DS", "DG_onlyQ", "DG_otherA", "DG_otherQ", "DG_otherAQ"):
+            append_label(out / other["run_dir"], {"case_id": case, "side": "edited", "key": key, "label": 0, "who": "t"})
+    said = []
+    summary = run_tune(RunConfig(**cfg.to_dict()), Targets(min_ds=None),
+                       TuneOptions(trials=2, prune=False, confirm_per_category=1), out, echo=said.append)
+    assert summary["best"]["number"] == other["number"] and len(said) == 2  # both settings confirmed
+    conf = summary["confirmation"]
+    assert conf["change"]["n"] == 3 and conf["dirs"][1] == "confirm/" + other["run_dir"].split("/")[-1]
+    for d in conf["dirs"]:
+        assert [r["case_id"] for r in read_run_records(out / d)] == ["2", "3", "4"]
+    assert conf["change"]["value"] == pytest.approx(conf["best"] - conf["start"])
+    assert "cases of questions the study did not ask" in (out / "tune.md").read_text()
+    assert "# on 3 cases of questions the study did not ask" in (out / "best.yaml").read_text()
+    # a rerun finds both confirmation runs done: no model is loaded, the page still reports them
+    monkeypatch.setattr(load_mod, "load_model", lambda *a, **k: pytest.fail("a confirmed study loaded the model"))
+    again = run_tune(RunConfig(**cfg.to_dict()), Targets(min_ds=None),
+                     TuneOptions(trials=2, prune=False, confirm_per_category=1), out, echo=lambda s: None)
+    assert again["confirmation"]["change"] == conf["change"]
+    # scripts/keep_study.sh keeps the confirmation runs too: a study put back reports the same change
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "keep_study.sh"
+    for mode, src, dst in (("save", out, tmp / "kept"), ("restore", tmp / "kept", tmp / "back")):
+        assert subprocess.run(["bash", str(script), mode, str(src), str(dst)], capture_output=True).returncode == 0
+    back = run_tune(RunConfig(**cfg.to_dict()), Targets(min_ds=None),
+                    TuneOptions(trials=2, prune=False, confirm_per_category=1), tmp / "back", echo=lambda s: None)
+    assert back["confirmation"]["change"] == conf["change"]
+
+
 def test_a_study_saved_before_a_run_setting_existed_resumes_and_result_neutral_settings_may_change(tmp_path):
     import yaml
 

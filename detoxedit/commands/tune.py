@@ -11,7 +11,9 @@ that fail their own validation <= ``--max-failed-edits`` (pass ``none`` to drop 
 Writes into ``--out DIR``: ``best.yaml`` (for ``bench --method-config``), ``tune.html`` (table and Pareto
 plots), ``trials.jsonl``, one run directory per trial under ``trials/``, and the Optuna study
 (``study.db``). Rerun the same command to resume after an interruption, or with a larger ``--trials``
-to extend the study. See docs/tuning.md.
+to extend the study. ``--confirm-per-category N`` then runs the best and the starting settings on N
+questions per category the study did not ask (``confirm/``), since the best trial's lead on its own
+cases is biased upward. See docs/tuning.md.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ def register(sub) -> None:
                    help="a setting to run right after the starting one, in the search's own dimension names "
                         "(e.g. 'layer_rule=fixed,layers=16'; dimensions it does not name are drawn); repeat for more. "
                         "Queued once per study")
+    p.add_argument("--confirm-per-category", type=int, default=None, metavar="N",
+                   help="after the study, run the best settings and the starting ones on one case of each of N "
+                        "questions per category that the study's cases do not ask, and report the paired change "
+                        "there (the best trial's lead on its own cases is biased upward); a rerun may add it")
     p.add_argument("--no-prune", action="store_true", help="run every trial to its last case")
     p.add_argument("--prune-after", type=int, default=3, help="cases before the median pruner may stop a trial "
                                                               "(default: 3)")
@@ -80,7 +86,7 @@ def run(args) -> int:
                       max_kqa_drop=args.max_kqa_drop, max_fluency_drop=args.max_fluency_drop,
                       max_cut_increase=args.max_cut_increase, max_failed_edits=args.max_failed_edits)
     opts = TuneOptions(trials=args.trials, prune=not args.no_prune, prune_after=args.prune_after,
-                       tries=tuple(args.tries))
+                       tries=tuple(args.tries), confirm_per_category=args.confirm_per_category)
     summary = run_tune(cfg, targets, opts, args.out, progress=args.progress)
     best = summary.get("best")
     if best is None:

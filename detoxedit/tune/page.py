@@ -66,8 +66,14 @@ def markdown(cfg: RunConfig, targets: Targets, opts, space: list, n_layers: int,
                                  "; the starting settings miss a bound." if base["missed"] else
                                  f". It was picked as the best of {len(rows)} trials on these very cases, so this "
                                  "lead overstates what cases the study did not rank on will show (the winner's "
-                                 "curse): confirm it there before you ship it (`detoxedit bench --cases ...` with "
-                                 "both settings, then `detoxedit compare`)." if c["value"] > 0 else "."))
+                                 "curse): confirm it there before you ship it (the same command with "
+                                 "`--confirm-per-category N`)." if c["value"] > 0 else "."))
+            k = summary.get("confirmation")
+            if k:
+                lines.append(f"**On {k['change']['n']} cases of questions the study did not ask** (`{k['dirs'][0]}`, "
+                             f"`{k['dirs'][1]}`): {targets.objective} {_num(k['start'])} with the starting settings, "
+                             f"{_num(k['best'])} with trial {best['number']}: change {_change(k['change'])}, "
+                             "paired over these cases.")
     lines += ["", "Trials, best first (DS and DG-Avg: edited model, 95% bootstrap CI over cases; drops: vanilla - "
               "edited; cut: change in % of answers that ran to the token limit; read: answers a person labelled, whose "
               "labels replace the judge's; vs start: the change in "

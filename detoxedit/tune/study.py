@@ -64,6 +64,11 @@ class TuneOptions:
     """``--try`` settings (``NAME=VALUE,...`` over the searched dimensions) to run after the starting
     settings, before the sampler draws (dimensions a try does not name are drawn); each is queued once per
     study, so a rerun does not repeat it."""
+    confirm_per_category: int | None = None
+    """After the study, run the best trial's settings and the starting settings on one case of each of the
+    first N questions per category that the study's cases do not ask (``DIR/confirm/KEY``), and report the
+    paired change there: the best of several trials is picked on the study's cases, so its lead there is
+    biased upward (the winner's curse), and cases it was not picked on are the check."""
 
 
 class _Pruned(Exception):
@@ -85,7 +90,7 @@ def trial_key(overrides: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-_NOT_DECIDING = ("trials", "tries")
+_NOT_DECIDING = ("trials", "tries", "confirm_per_category")
 """Options a rerun of the same study may change."""
 
 
@@ -130,6 +135,50 @@ def selected_case_count(cfg: RunConfig) -> int:
     from detoxedit.data.load import load_split
 
     return len(select_records(load_split(cfg.data, cfg.split), cfg))
+
+
+def confirm_config(cfg: RunConfig, n: int) -> RunConfig:
+    """The run config of the confirmation runs: ``cfg`` with one case of each of the first ``n`` questions
+    per category of ``cfg``'s split that ``cfg``'s own cases do not ask (DetoxEditError when none is left)."""
+    from detoxedit.cases import select_records, unseen_questions_per_category
+    from detoxedit.data.load import load_split
+
+    if n < 1:
+        raise DetoxEditError("--confirm-per-category must be >= 1")
+    records = load_split(cfg.data, cfg.split)
+    seen = [r for _, r in select_records(records, cfg)]
+    picked = unseen_questions_per_category(records, seen, n)
+    if not picked:
+        raise DetoxEditError(f"--confirm-per-category: every question of {cfg.data} {cfg.split} is among the "
+                             "study's cases; none is left to confirm on (select fewer cases for the study)")
+    return RunConfig(**{**cfg.to_dict(), "cases": [str(r.id) for _, r in picked], "per_category": None,
+                        "limit": None})
+
+
+def confirm_dir(out: Path, row: dict) -> Path:
+    """Where a trial's settings run on the confirmation cases (keyed like its trial run)."""
+    return out / "confirm" / trial_key(row["overrides"])
+
+
+def confirmation(out: Path, summary: dict, judge: str, objective: str, seed: int = 0) -> dict | None:
+    """The best trial's paired change from the starting settings on the confirmation cases, as far as
+    both ran there (a person's labels count, as in the trial table); None before both ran a case."""
+    from detoxedit.bench.records import read_run_records
+    from detoxedit.tune.objective import change_from_start, trial_metrics
+
+    best, base = summary.get("best"), summary.get("baseline")
+    if not best or not base or best["number"] == base["number"]:
+        return None
+    dirs = [confirm_dir(out, base), confirm_dir(out, best)]
+    runs = [(read_run_records(d) if d.is_dir() else [], d) for d in dirs]
+    if not all(recs for recs, _ in runs):
+        return None
+    change = change_from_start(runs[0], runs[1], judge, objective, seed)
+    if change is None:
+        return None
+    values = [trial_metrics(recs, judge, seed=seed, run_dir=d).get(objective) for recs, d in runs]
+    return {"change": change, "start": values[0], "best": values[1],
+            "dirs": [str(d.relative_to(out)) for d in dirs]}
 
 
 def _finished(study) -> int:
@@ -186,6 +235,7 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
     n_total = selected_case_count(cfg)
     if n_total < 1:
         raise DetoxEditError(f"no cases selected from {cfg.data} {cfg.split}")
+    ccfg = confirm_config(cfg, opts.confirm_per_category) if opts.confirm_per_category is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_study_doc(out, study_doc(cfg, targets, opts, space))
@@ -277,6 +327,19 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
         study.tell(trial, value if value is not None else float("nan"))
         echo("  " + _metrics_line(metrics, violations(metrics, targets)))
         write_outputs(out, study, cfg, targets, opts, space, n_layers)
+    summary = write_outputs(out, study, cfg, targets, opts, space, n_layers)
+    best, base = summary.get("best"), summary.get("baseline")
+    if ccfg is None or not best or not base or best["number"] == base["number"]:
+        return summary
+    for row, name in ((base, "the starting settings"), (best, f"trial {best['number']}")):
+        run_dir = confirm_dir(out, row)
+        if run_dir.is_dir() and len(read_run_records(run_dir)) >= len(ccfg.cases):
+            continue
+        if loaded is None:
+            loaded = load()
+        echo(f"confirming on {len(ccfg.cases)} cases of questions the study did not ask: {name}")
+        Runner(RunConfig(**{**ccfg.to_dict(), "hparams": {**cfg.hparams, **row["overrides"]}}), run_dir,
+               loaded=loaded).run(progress=progress)
     return write_outputs(out, study, cfg, targets, opts, space, n_layers)
 
 
@@ -353,17 +416,19 @@ def write_outputs(out: Path, study, cfg: RunConfig, targets: Targets, opts: Tune
     baseline = next((r for r in rows if r["baseline"] and r["state"] == "complete"), None)
     summary = {"trials": len(rows), "target_trials": opts.trials, "best": best, "baseline": baseline,
                "targets": targets.to_dict(), "feasible": bool(best and not best["missed"])}
+    summary["confirmation"] = confirmation(out, summary, cfg.judge, targets.objective, cfg.seed)
     if best is not None:
         write_best_yaml(out / "best.yaml", cfg, best, targets, len(rows),
-                        start_missed=bool(baseline and baseline["missed"]))
+                        start_missed=bool(baseline and baseline["missed"]), confirmed=summary["confirmation"])
     write_page(out, cfg, targets, opts, space, n_layers, rows, summary)
     return summary
 
 
 def write_best_yaml(path: Path, cfg: RunConfig, best: dict, targets: Targets, n_trials: int,
-                    start_missed: bool = False) -> None:
+                    start_missed: bool = False, confirmed: dict | None = None) -> None:
     """The best trial's settings as a full method config: the starting settings with its overrides.
-    ``start_missed``: the starting settings miss a bound (so a change from them is no lead)."""
+    ``start_missed``: the starting settings miss a bound (so a change from them is no lead);
+    ``confirmed``: :func:`confirmation`, the change on cases the study did not rank on."""
     import yaml
 
     from detoxedit.settings import method_hparams
@@ -381,6 +446,11 @@ def write_best_yaml(path: Path, cfg: RunConfig, best: dict, targets: Targets, n_
                 + ("; the starting settings miss a bound." if start_missed else
                    "; picked as the best on these cases, so confirm it on cases the study did not rank on."
                    if c["value"] > 0 else ".")]
+    if confirmed:
+        k = confirmed["change"]
+        lead.append(f"# on {k['n']} cases of questions the study did not ask ({confirmed['dirs'][1]}): "
+                    f"{targets.objective} {confirmed['start']:.1f} -> {confirmed['best']:.1f}, change "
+                    f"{k['value']:+.1f} [{k['low']:.1f}, {k['high']:.1f}].")
     status = "meets every bound" if not best["missed"] else "NO trial met every bound; closest: misses " + \
         ", ".join(sorted(best["missed"]))
     head = [f"# {cfg.method} settings chosen by detoxedit tune: trial {best['number']}, the best of {n_trials} trials.",
