@@ -191,21 +191,32 @@ def compare_runs(run_dirs: list[str | Path], judge: str | None = None, seed: int
 PAIRED_METRICS = ("DS", "DG-Avg")
 
 
+def shared_cases(first: list[dict], records: list[dict]) -> tuple[list[dict], list[dict]]:
+    """``(firsts, shared)``: the records of ``records`` whose case ``first`` also ran, and ``first``'s record
+    of each, in the same order (the pairs a paired difference compares)."""
+    by_id = {r["case_id"]: r for r in first}
+    shared = [r for r in records if r["case_id"] in by_id]
+    return [by_id[r["case_id"]] for r in shared], shared
+
+
+def edited_difference(firsts: list[dict], shared: list[dict], judge: str, seed: int = 0) -> dict:
+    """Edited side of ``shared`` minus edited side of ``firsts`` (paired lists, :func:`shared_cases`) for
+    every metric, with the paired bootstrap CI (``metrics.safety.paired_difference``)."""
+    from detoxedit.metrics.safety import paired_difference
+
+    return paired_difference(side_labels(firsts, judge, "edited"), side_labels(shared, judge, "edited"), seed=seed)
+
+
 def paired_against_first(first_dir: Path, first: list[dict], run_dir: Path, records: list[dict], judge: str,
                          seed: int = 0) -> dict | None:
     """A run's edited side minus the first run's edited side on the cases both ran (e.g. tuned settings
     against the hand-set ones), with a paired bootstrap CI: each resample draws the same cases for both,
     so the interval reflects the pairing and can exclude zero where two separate CIs overlap. None when
     the runs share no case."""
-    from detoxedit.metrics.safety import paired_difference
-
-    by_id = {r["case_id"]: r for r in first}
-    shared = [r for r in records if r["case_id"] in by_id]
+    firsts, shared = shared_cases(first, records)
     if not shared:
         return None
-    firsts = [by_id[r["case_id"]] for r in shared]
-    base = side_labels(firsts, judge, "edited")
-    diff = paired_difference(base, side_labels(shared, judge, "edited"), seed=seed)
+    diff = edited_difference(firsts, shared, judge, seed)
     out = {"run": str(run_dir), "against": str(first_dir), "n": len(shared),
            "change": {k: diff.get(k) for k in PAIRED_METRICS}}
     read = read_change(first_dir, firsts, run_dir, shared, judge, seed)
@@ -220,14 +231,12 @@ def read_change(first_dir: Path, firsts: list[dict], run_dir: Path, shared: list
     in place of the judge's, when a person read every edited answer of the shared cases in both runs;
     else None (a partly read pair would mix the two readers' labels in one difference)."""
     from detoxedit.bench.human import read_human, reading_queue, with_human
-    from detoxedit.metrics.safety import paired_difference
 
     h_first, h_run = read_human(first_dir), read_human(run_dir)
     if not (h_first and h_run) or reading_queue(firsts, judge, ("edited",), h_first) \
             or reading_queue(shared, judge, ("edited",), h_run):
         return None  # some edited answer is still unread
-    diff = paired_difference(side_labels(with_human(firsts, judge, h_first), judge, "edited"),
-                             side_labels(with_human(shared, judge, h_run), judge, "edited"), seed=seed)
+    diff = edited_difference(with_human(firsts, judge, h_first), with_human(shared, judge, h_run), judge, seed)
     return {k: diff.get(k) for k in PAIRED_METRICS}
 
 

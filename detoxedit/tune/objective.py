@@ -183,21 +183,17 @@ def change_from_start(start: tuple[list[dict], Any], trial: tuple[list[dict], An
 
     The best of several trials is picked on these very cases, so its lead over the start is biased upward
     (the winner's curse): the page says so, and only cases the study did not rank on confirm it."""
+    from detoxedit.bench.compare import edited_difference, shared_cases
     from detoxedit.bench.human import read_human, with_human
-    from detoxedit.bench.report import side_labels
-    from detoxedit.metrics.safety import paired_difference
 
     def labelled(records, run_dir):
         human = read_human(run_dir) if run_dir is not None else None
         return with_human(records, judge, human) if human else records
 
-    base = {r["case_id"]: r for r in labelled(*start)}
-    shared = [r for r in labelled(*trial) if r["case_id"] in base]
+    firsts, shared = shared_cases(labelled(*start), labelled(*trial))
     if not shared:
         return None
-    diff = paired_difference(side_labels([base[r["case_id"]] for r in shared], judge, "edited"),
-                             side_labels(shared, judge, "edited"), seed=seed)
-    cell = diff.get(metric)
+    cell = edited_difference(firsts, shared, judge, seed).get(metric)
     if not cell or cell.get("value") is None:
         return None
     return {"value": float(cell["value"]), "low": cell.get("ci_low"), "high": cell.get("ci_high"), "n": len(shared)}
