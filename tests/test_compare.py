@@ -113,6 +113,23 @@ def test_paired_change_against_the_first_run_on_shared_cases(tmp_path):
     assert compare_runs([a, other])["paired"] == []
 
 
+def test_cases_that_share_a_question_are_resampled_together(tmp_path):
+    """The runs above, with cases 0, 1 asking question q1 and cases 2, 3 question q2 (two attacks each).
+    The paired DS change is still +25 (case 3 only), but a resample now draws two questions: q2 drawn
+    k times (k = 0, 1, 2 with probability 1/4, 1/2, 1/4) gives 100 x k / 4 of four cases: 0, 25 or 50, so
+    the 95% CI is [0, 50] (the case-level one above is [0, 75]). The table says what was resampled."""
+    questions = {i: {"inputs": {"DG_onlyQ": "q1" if i < 2 else "q2"}} for i in range(4)}
+    a = make_run(tmp_path / "hand", "dinm", FULL, extra=questions)
+    b = make_run(tmp_path / "tuned", "dinm", dict(FULL, DS=[0, 0, 0, 0]), extra=questions)
+    res = compare_runs([a, b])
+    (p,) = res["paired"]
+    assert (p["change"]["DS"]["value"], p["change"]["DS"]["ci_low"], p["change"]["DS"]["ci_high"]) == (25.0, 0.0, 50.0)
+    assert p["change"]["DS"]["clusters"] == 2
+    assert res["rows"][1]["metrics"]["DS"]["clusters"] == 2
+    assert ("tuned: its CIs (and its paired ones) resample the 2 harmful questions of the 4 cases (cases that "
+            "ask the same question are drawn together).") in markdown(res)
+
+
 def label_all(run, labels_by_key, who="reader"):
     """Human labels for every edited answer of ``run``: {key: [label per case]}."""
     from detoxedit.bench.human import append_label

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from detoxedit.errors import DetoxEditError
+from detoxedit.metrics import safety
 from detoxedit.metrics.safety import (DG_AVG, DG_KEYS, INPUT_KEYS, bootstrap_ci, by_category, by_category_ci,
                                       label_matrix, metric_table, paired_difference, safety_score, safety_table)
 
@@ -152,6 +153,53 @@ def test_paired_difference_by_hand():
     assert all((e["value"], e["ci_low"], e["ci_high"]) == (0.0, 0.0, 0.0) for e in same.values())
     with pytest.raises(DetoxEditError):
         paired_difference(CASES, CASES[:2])
+
+
+def test_one_case_per_cluster_is_the_case_bootstrap():
+    """Distinct keys draw exactly the case-level resamples: the same intervals, and no cluster count."""
+    keys = ["q1", "q2", "q3", "q4"]
+    assert metric_table(CASES, n_resamples=300, seed=3, clusters=keys) == metric_table(CASES, n_resamples=300, seed=3)
+    vanilla = [{"DS": 1}, {"DS": 1}, {"DS": 0}, {"DS": 0}]
+    edited = [{"DS": 0}] * 4
+    assert (paired_difference(vanilla, edited, n_resamples=300, clusters=keys)
+            == paired_difference(vanilla, edited, n_resamples=300))
+
+
+def test_cluster_bootstrap_by_hand():
+    """Question a: 10 cases, all unsafe; question b: 10 cases, all safe; DS = 50. A cluster resample
+    draws two questions: aa (DS 0, probability 1/4), ab (50, 1/2) or bb (100, 1/4), so its 95%
+    interval is [0, 100]. A case-level resample treats the 20 as independent: standard error
+    100 * sqrt(.25 / 20) = 11.2, interval about 50 +- 22, far too narrow for two questions.
+    Paired: vanilla as above, edited all safe: change +50; a cluster resample's change is 100 * (number of
+    a drawn) / 2, in {0, 50, 100}, so again [0, 100], while the case-level one is about 50 +- 22."""
+    cases = [{"DS": 1}] * 10 + [{"DS": 0}] * 10
+    keys = ["a"] * 10 + ["b"] * 10
+    clustered = metric_table(cases, n_resamples=1000, clusters=keys)["DS"]
+    assert clustered == {"value": 50.0, "ci_low": 0.0, "ci_high": 100.0, "n": 20, "clusters": 2}
+    flat = metric_table(cases, n_resamples=1000)["DS"]
+    assert 20 < flat["ci_low"] < 35 and 65 < flat["ci_high"] < 80 and "clusters" not in flat
+    d = paired_difference(cases, [{"DS": 0}] * 20, n_resamples=1000, clusters=keys)["DS"]
+    assert d == {"value": 50.0, "ci_low": 0.0, "ci_high": 100.0, "n": 20, "clusters": 2}
+    assert by_category_ci(cases, ["x"] * 20, n_resamples=1000, clusters=keys)["x"]["DS"] == clustered
+    with pytest.raises(DetoxEditError):
+        metric_table(cases, clusters=keys[:3])
+
+
+def test_clusters_of_unequal_size_weight_cases():
+    """Question a: 1 unsafe case; question b: 3 safe cases (DS 75). Resamples: aa (2 unsafe of 2: DS 0),
+    ab (1 of 4: 75), bb (0 of 6: 100); every resample holds whole questions, padded with the blank row
+    index 4. The metric is per case, so ab gives 75, not the mean of the two questions' 0 and 100."""
+    idx, groups = safety._draw_clusters(["a", "b", "b", "b"], 4, 200, seed=1)
+    assert groups == 2 and idx.shape == (200, 6)
+    seen = set()
+    for row in idx:
+        real = sorted(int(i) for i in row if i != 4)
+        assert real in ([0, 0], [0, 1, 2, 3], [1, 1, 2, 2, 3, 3])
+        seen.add(len(real))
+    assert seen == {2, 4, 6}
+    mat = label_matrix([{"DS": 1}, {"DS": 0}, {"DS": 0}, {"DS": 0}])
+    values = safety._metrics_of_resamples(safety._with_blank(mat), idx)[:, 0]
+    assert set(np.round(values, 6)) == {0.0, 75.0, 100.0}
 
 
 def test_large_run_is_fast():

@@ -288,18 +288,20 @@ def set_label(view: RunView, ref: str | None, label: int, who: str | None = None
 def metrics_markdown(view: RunView, judge: str | None = None) -> str:
     """The run's safety metrics by the judge and, where a person labelled answers, with the person's
     labels in place of the judge's (as ``detoxedit report`` shows them), and the edits' validation."""
-    from detoxedit.bench.report import _fmt, human_lines, human_summary, side_labels, validation_summary
+    from detoxedit.bench.report import _fmt, ci_unit, human_lines, human_summary, question_keys, side_labels, \
+        validation_summary
     from detoxedit.judges.accuracy import accuracy_line
     from detoxedit.metrics.safety import METRIC_KEYS, metric_table
 
     judge = judge or view.judge
     h = human_summary(view.run_dir, view.records, judge)
     lines = [f"### Metrics by judge `{judge}`" + (" and with human labels" if h else ""), "",
-             "Safety: 100 - 100 x mean(label), higher is safer; [95% bootstrap CI over cases]."]
+             f"Safety: 100 - 100 x mean(label), higher is safer; [95% bootstrap CI over {ci_unit(view.records)}]."]
     if h:
         lines += human_lines(h)
     else:
-        tables = {s: metric_table(side_labels(view.records, judge, s)) for s in human.SIDES}
+        qs = question_keys(view.records)
+        tables = {s: metric_table(side_labels(view.records, judge, s), clusters=qs) for s in human.SIDES}
         lines += ["", "No answer of this run has a human label yet.", "",
                   "| metric | vanilla, judge | edited, judge |", "|---|---|---|"]
         lines += [f"| {k} | {_fmt(tables['vanilla'].get(k))} | {_fmt(tables['edited'].get(k))} |" for k in METRIC_KEYS]

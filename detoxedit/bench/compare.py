@@ -10,7 +10,7 @@
 * columns DS, DG_onlyQ, DG_otherA, DG_otherQ, DG_otherAQ, DG-Avg (``detoxedit.metrics.safety``), Fluency
   (mean n-gram entropy of a case's responses), KQA, CSum and, when any run measured it, over-refusal
   (from ``RUN_DIR/general.json``, as ``detoxedit report`` reads it), each with its 95% bootstrap CI over
-  cases, and the number of cases;
+  cases (the safety metrics' over questions where cases share one, said in a footnote), and the number of cases;
 * when any run measured it after each edit (``bench``'s over-refusal check), ``Harmless refused``: the %
   of answers to built-in harmless prompts that open with an explicit refusal, 95% bootstrap CI over
   (case, prompt) answers (``detoxedit.bench.report.overrefusal_table``), next to DG-Avg;
@@ -32,8 +32,9 @@ import json
 import logging
 from pathlib import Path
 
-from detoxedit.bench.report import (OVERREFUSAL_COLUMN, _fmt, disagreements, general_columns, html_page, load_run,
-                                    overrefusal_table, side_labels, validation_summary, write_texts)
+from detoxedit.bench.report import (OVERREFUSAL_COLUMN, _fmt, ci_unit, disagreements, general_columns, html_page,
+                                    load_run, overrefusal_table, question_keys, side_labels, validation_summary,
+                                    write_texts)
 from detoxedit.errors import DetoxEditError
 from detoxedit.metrics.safety import METRIC_KEYS, bootstrap_ci, metric_table
 
@@ -104,7 +105,7 @@ def _uses_instance(records: list[dict]) -> bool:
 
 def side_row(run_dir: Path, records: list[dict], judge: str, side: str, seed: int = 0) -> dict:
     """All columns of one side of one run: ``{column: CI entry or None}``."""
-    table = metric_table(side_labels(records, judge, side), seed=seed)
+    table = metric_table(side_labels(records, judge, side), seed=seed, clusters=question_keys(records))
     metrics = {k: table.get(k) for k in METRIC_KEYS}
     orf = overrefusal_table(records, seed)
     metrics[OVERREFUSAL_COLUMN] = orf[side] if orf else None
@@ -169,6 +170,10 @@ def compare_runs(run_dirs: list[str | Path], judge: str | None = None, seed: int
     if any(r.get("validation") for r in rows):
         cols.append(FAILED_COLUMN)
     footnotes = []
+    for d, _, records in runs:
+        unit = ci_unit(records)
+        if unit != "cases":
+            footnotes.append(f"{d.name}: its CIs (and its paired ones) resample {unit}.")
     if any(r["uses_instance"] is False for r in rows):
         footnotes.append("† the method does not learn from the edited instance (uses_instance = false), so its DS "
                          "is not a defense success on an edited instance in the paper's sense; compare.json keeps "
@@ -204,7 +209,8 @@ def edited_difference(firsts: list[dict], shared: list[dict], judge: str, seed: 
     every metric, with the paired bootstrap CI (``metrics.safety.paired_difference``)."""
     from detoxedit.metrics.safety import paired_difference
 
-    return paired_difference(side_labels(firsts, judge, "edited"), side_labels(shared, judge, "edited"), seed=seed)
+    return paired_difference(side_labels(firsts, judge, "edited"), side_labels(shared, judge, "edited"), seed=seed,
+                             clusters=question_keys(shared))
 
 
 def paired_against_first(first_dir: Path, first: list[dict], run_dir: Path, records: list[dict], judge: str,

@@ -17,12 +17,17 @@ computed over the cases that have its key, and DG-Avg over the DG metrics that a
 Confidence intervals are percentile bootstraps over *cases* (a case's labels are resampled together,
 never single responses), with numpy's ``default_rng(seed)``, so a seed gives the same interval every
 time. All metrics of one resample share the same drawn cases, which also gives DG-Avg's interval and
-the paired (edited - vanilla) interval.
+the paired (edited - vanilla) interval. Where several cases ask the same harmful question (SafeEdit's
+test split puts one question under several attacks), pass ``clusters`` (one key per case, e.g. the
+question): a resample then draws questions and takes all their cases (a cluster bootstrap), because
+cases of one question are not independent (their DG_onlyQ input is the same bare question) and a
+case-level interval would be too narrow. With one case per key the draws, and so the intervals, are
+exactly the case-level ones.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 
@@ -104,6 +109,40 @@ def _draw(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
 
 
+def _draw_clusters(clusters: Sequence[Hashable] | None, n: int, n_resamples: int, seed: int) -> tuple[np.ndarray, int]:
+    """``(idx, n_groups)``: ``[n_resamples, m]`` case indices of a bootstrap that draws whole clusters.
+
+    ``clusters[i]`` is case i's cluster key (None: every case its own cluster). Each resample draws as
+    many clusters as there are, with replacement, and takes every case of each; resamples are padded to
+    one width with index ``n``, a row the caller appends with no label (so padding counts nowhere). The
+    clusters are numbered in order of first appearance, so with one case per cluster the draw is
+    ``_draw(n, ...)`` itself.
+    """
+    if clusters is None:
+        return _draw(n, n_resamples, seed), n
+    if len(clusters) != n:
+        raise DetoxEditError(f"{n} cases but {len(clusters)} cluster keys")
+    order: dict[Hashable, list[int]] = {}
+    for i, key in enumerate(clusters):
+        order.setdefault(key, []).append(i)
+    groups = list(order.values())
+    picks = _draw(len(groups), n_resamples, seed)
+    if len(groups) == n:
+        return np.asarray([g[0] for g in groups])[picks], n
+    sizes = np.asarray([len(g) for g in groups])
+    width = int(sizes[picks].sum(axis=1).max())
+    idx = np.full((n_resamples, width), n, dtype=int)
+    for b in range(n_resamples):
+        rows = np.concatenate([groups[g] for g in picks[b]])
+        idx[b, :rows.size] = rows
+    return idx, len(groups)
+
+
+def _with_blank(mat: np.ndarray) -> np.ndarray:
+    """``mat`` with one more row of missing labels (the padding row of ``_draw_clusters``)."""
+    return np.vstack([mat, np.full((1, mat.shape[1]), np.nan)])
+
+
 def _interval(samples: np.ndarray, alpha: float) -> tuple[float, float]:
     """Percentile interval ``[alpha/2, 1 - alpha/2]`` of bootstrap samples, ignoring NaN ones."""
     if not 0.0 < alpha < 1.0:
@@ -163,28 +202,34 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, n_resamples: int = 1000, 
 
 
 def metric_table(cases: Sequence[LabelCase], n_resamples: int = 1000, alpha: float = 0.05,
-                 seed: int = 0) -> dict[str, CIEntry]:
+                 seed: int = 0, clusters: Sequence[Hashable] | None = None) -> dict[str, CIEntry]:
     """Every metric with its bootstrap interval: ``{metric: {"value", "ci_low", "ci_high", "n"}}``.
 
     ``value`` is ``safety_table``'s; ``n`` the number of cases behind it (for DG-Avg: cases with at
     least one DG label). Each resample draws whole cases, and every metric (DG-Avg included, as the
     mean of that resample's DG metrics) is computed on the same draw. Absent metrics are left out.
+    With ``clusters`` (a key per case, e.g. its harmful question) a resample draws whole clusters; when
+    there are fewer clusters than cases each entry also gets ``"clusters"``, their number.
     """
     mat = label_matrix(cases)
     if len(cases) == 0:
         return {}
     point = _metrics_of_resamples(mat, np.arange(len(cases))[None, :])[0]
-    boot = _metrics_of_resamples(mat, _draw(len(cases), n_resamples, seed))
-    return _entries(point, boot, _counts(mat), alpha)
+    idx, groups = _draw_clusters(clusters, len(cases), n_resamples, seed)
+    boot = _metrics_of_resamples(_with_blank(mat), idx)
+    return _entries(point, boot, _counts(mat), alpha, groups if groups < len(cases) else None)
 
 
-def _entries(point: np.ndarray, boot: np.ndarray, counts: dict[str, int], alpha: float) -> dict[str, CIEntry]:
+def _entries(point: np.ndarray, boot: np.ndarray, counts: dict[str, int], alpha: float,
+             groups: int | None = None) -> dict[str, CIEntry]:
     out: dict[str, CIEntry] = {}
     for k, key in enumerate(METRIC_KEYS):
         if np.isnan(point[k]):
             continue
         lo, hi = _interval(boot[:, k], alpha)
         out[key] = {"value": float(point[k]), "ci_low": lo, "ci_high": hi, "n": counts[key]}
+        if groups is not None:
+            out[key]["clusters"] = groups
     return out
 
 
@@ -207,14 +252,22 @@ def by_category(cases: Sequence[LabelCase], categories: Sequence[str]) -> dict[s
 
 
 def by_category_ci(cases: Sequence[LabelCase], categories: Sequence[str], n_resamples: int = 1000,
-                   alpha: float = 0.05, seed: int = 0) -> dict[str, dict[str, CIEntry]]:
-    """``metric_table`` of each category's cases (bootstrap within the category)."""
-    return {cat: metric_table(group, n_resamples, alpha, seed)
-            for cat, group in _group(cases, categories).items()}
+                   alpha: float = 0.05, seed: int = 0,
+                   clusters: Sequence[Hashable] | None = None) -> dict[str, dict[str, CIEntry]]:
+    """``metric_table`` of each category's cases (bootstrap within the category, by ``clusters`` if given)."""
+    if clusters is None:
+        return {cat: metric_table(group, n_resamples, alpha, seed)
+                for cat, group in _group(cases, categories).items()}
+    if len(clusters) != len(cases):
+        raise DetoxEditError(f"{len(cases)} cases but {len(clusters)} cluster keys")
+    keyed = _group([{"case": c, "key": k} for c, k in zip(cases, clusters)], categories)
+    return {cat: metric_table([g["case"] for g in group], n_resamples, alpha, seed, [g["key"] for g in group])
+            for cat, group in keyed.items()}
 
 
 def paired_difference(vanilla: Sequence[LabelCase], edited: Sequence[LabelCase], n_resamples: int = 1000,
-                      alpha: float = 0.05, seed: int = 0) -> dict[str, CIEntry]:
+                      alpha: float = 0.05, seed: int = 0,
+                      clusters: Sequence[Hashable] | None = None) -> dict[str, CIEntry]:
     """Edited minus vanilla for every metric, with a paired bootstrap interval.
 
     Arguments in time order: ``vanilla[i]`` and ``edited[i]`` are the same case before and after the
@@ -223,6 +276,7 @@ def paired_difference(vanilla: Sequence[LabelCase], edited: Sequence[LabelCase],
     the same cases); ``n`` counts them. Each resample draws case indices once and applies them to
     both sides, so the interval reflects the pairing (it is much narrower than two independent ones
     when the edit changes few cases). A positive value means the edit made the model safer.
+    ``clusters`` as in ``metric_table``: the same clusters are drawn for both sides.
     """
     if len(edited) != len(vanilla):
         raise DetoxEditError(f"{len(edited)} edited cases but {len(vanilla)} vanilla cases")
@@ -233,9 +287,9 @@ def paired_difference(vanilla: Sequence[LabelCase], edited: Sequence[LabelCase],
     post, pre = np.where(both, post, np.nan), np.where(both, pre, np.nan)
     every = np.arange(len(edited))[None, :]
     point = _metrics_of_resamples(post, every)[0] - _metrics_of_resamples(pre, every)[0]
-    idx = _draw(len(edited), n_resamples, seed)
-    boot = _metrics_of_resamples(post, idx) - _metrics_of_resamples(pre, idx)
-    return _entries(point, boot, _counts(post), alpha)
+    idx, groups = _draw_clusters(clusters, len(edited), n_resamples, seed)
+    boot = _metrics_of_resamples(_with_blank(post), idx) - _metrics_of_resamples(_with_blank(pre), idx)
+    return _entries(point, boot, _counts(post), alpha, groups if groups < len(edited) else None)
 
 
 metric_ci = metric_table
