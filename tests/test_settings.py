@@ -26,7 +26,7 @@ def test_defaults_then_file_then_overrides(tmp_path):
     hp, path = method_hparams("dinm", model="some/other-model")
     assert path is None and hp.lr == 5e-4  # the paper's default; no built-in file for other models
     hp, path = method_hparams("dinm", model="default")
-    assert path.name == "smollm2-135m.yaml" and hp.lr == 1e-3
+    assert path.name == "smollm2-135m.yaml" and (hp.lr, hp.max_steps) == (0.0007935705655498204, 32)  # tuned
 
 
 def test_unknown_keys_fail_naming_their_source(tmp_path):
