@@ -295,7 +295,8 @@ def markdown(result: dict) -> str:
     cols = result["columns"]
     lines = ["# detoxedit comparison", "",
              f"Judge `{result['judge']}`. Safety metrics are 100 - 100 x mean(label) (higher is safer); every "
-             "cell is value [95% bootstrap CI over cases]. The vanilla row is the first run's unedited model; "
+             "cell is value [95% bootstrap CI over cases, or over their questions where a footnote says so]. The "
+             "vanilla row is the first run's unedited model; "
              "the other rows are each run's edited side. — = not measured.", accuracy_line(result["judge"]), "",
              "| method | n | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
     for row in result["rows"]:

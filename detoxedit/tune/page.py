@@ -74,7 +74,8 @@ def markdown(cfg: RunConfig, targets: Targets, opts, space: list, n_layers: int,
                              f"`{k['dirs'][1]}`): {targets.objective} {_num(k['start'])} with the starting settings, "
                              f"{_num(k['best'])} with trial {best['number']}: change {_change(k['change'])}, "
                              "paired over these cases.")
-    lines += ["", "Trials, best first (DS and DG-Avg: edited model, 95% bootstrap CI over cases; drops: vanilla - "
+    lines += ["", "Trials, best first (DS and DG-Avg: edited model, 95% bootstrap CI over cases, or over their "
+              "questions where cases share one; drops: vanilla - "
               "edited; cut: change in % of answers that ran to the token limit; read: answers a person labelled, whose "
               "labels replace the judge's; vs start: the change in "
               f"{targets.objective} from the starting settings, paired over the cases both ran):", "",
