@@ -426,6 +426,32 @@ def test_a_study_saved_before_a_run_setting_existed_resumes_and_result_neutral_s
                                            Targets(), TuneOptions(), []))
 
 
+def test_a_changed_unsearched_setting_is_refused_naming_it_and_a_searched_one_is_not(tmp_path):
+    """The built-in config may change between two runs of a study (the embedded model's DINM config did):
+    settings a dimension searches are stated by every trial, the others are the study's and must not move."""
+    import yaml
+
+    from detoxedit.tune.space import Dim
+    from detoxedit.tune.study import TuneOptions, fixed_settings, save_study_doc, study_doc
+
+    cfg = RunConfig(model="m", data="d", split="val")
+    space = [Dim("lr", "float", 1e-4, 1e-2, log=True)]
+    base = {"lr": 1e-3, "max_length": 1000, "kl_factor": 0.1}
+    assert fixed_settings(base, space) == {"kl_factor": 0.1, "max_length": 1000}
+    save_study_doc(tmp_path, study_doc(cfg, Targets(), TuneOptions(), space, fixed_settings(base, space)))
+    save_study_doc(tmp_path, study_doc(cfg, Targets(), TuneOptions(), space,
+                                       fixed_settings({**base, "lr": 8e-4}, space)))  # searched: resumes
+    with pytest.raises(DetoxEditError, match=r"unsearched method settings differ.*kl_factor 0\.1 there, 0\.29 now"):
+        save_study_doc(tmp_path, study_doc(cfg, Targets(), TuneOptions(), space,
+                                           fixed_settings({**base, "kl_factor": 0.29}, space)))
+    saved = yaml.safe_load((tmp_path / "tune.yaml").read_text())
+    del saved["fixed"]  # a study saved before the settings were recorded resumes, and records them
+    (tmp_path / "tune.yaml").write_text(yaml.safe_dump(saved))
+    save_study_doc(tmp_path, study_doc(cfg, Targets(), TuneOptions(), space,
+                                       fixed_settings({**base, "kl_factor": 0.29}, space)))
+    assert yaml.safe_load((tmp_path / "tune.yaml").read_text())["fixed"]["kl_factor"] == 0.29
+
+
 def test_a_trial_s_time_counts_its_cases_and_its_training_whichever_process_did_them(tmp_path):
     from detoxedit.tune.study import trial_seconds
 

@@ -28,6 +28,16 @@ def assigned_fields(dim: Dim) -> set[str]:
     return {dim.name}
 
 
+def always_assigned(dim: Dim) -> set[str]:
+    """The fields a dimension writes in every trial: none when it is only sampled under a condition
+    (``when``), the fields every choice assigns for a choice with ``sets``; otherwise its own field."""
+    if dim.when is not None:
+        return set()
+    if dim.kind == "choice" and dim.sets is not None:
+        return set.intersection(*(set(dim.sets.get(c, {})) for c in dim.choices))
+    return {dim.name}
+
+
 def active_space(space: Sequence[Dim], base: dict[str, Any], fixed: Sequence[str] = ()) -> list[Dim]:
     """The dimensions searched: those whose ``if_base`` holds for the starting settings ``base`` and none
     of whose fields the user fixed (``fixed``); a dimension conditional (``when``) on a dropped one goes

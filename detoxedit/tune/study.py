@@ -94,12 +94,26 @@ _NOT_DECIDING = ("trials", "tries", "confirm_per_category")
 """Options a rerun of the same study may change."""
 
 
-def study_doc(cfg: RunConfig, targets: Targets, opts: TuneOptions, space: list) -> dict[str, Any]:
+def study_doc(cfg: RunConfig, targets: Targets, opts: TuneOptions, space: list,
+              fixed: dict[str, Any] | None = None) -> dict[str, Any]:
     """What decides a study (saved as ``tune.yaml``; ``trials`` may grow and ``--try`` settings may be
-    added between runs)."""
-    return {"format": TUNE_FORMAT, "run": cfg.to_dict(), "targets": targets.to_dict(),
-            "options": {k: v for k, v in dataclasses.asdict(opts).items() if k not in _NOT_DECIDING},
-            "space": [dataclasses.asdict(d) for d in space]}
+    added between runs). ``fixed``: the resolved method settings no searched dimension sets
+    (:func:`fixed_settings`), which every trial runs with."""
+    doc = {"format": TUNE_FORMAT, "run": cfg.to_dict(), "targets": targets.to_dict(),
+           "options": {k: v for k, v in dataclasses.asdict(opts).items() if k not in _NOT_DECIDING},
+           "space": [dataclasses.asdict(d) for d in space]}
+    if fixed is not None:
+        doc["fixed"] = fixed
+    return doc
+
+
+def fixed_settings(base: dict[str, Any], space: list) -> dict[str, Any]:
+    """The starting settings that some trial takes from them: all but those a dimension of ``space`` writes
+    in every trial (``space.always_assigned``). ``run`` in ``tune.yaml`` names the method config (or none:
+    the built-in one), not its values, so a built-in config that changed between two runs of a study would
+    otherwise change these settings for the later trials unnoticed."""
+    searched = set().union(*(sp.always_assigned(d) for d in space))
+    return {k: v for k, v in sorted(base.items()) if k not in searched}
 
 
 def save_study_doc(out: Path, doc: dict[str, Any]) -> None:
@@ -122,6 +136,16 @@ def save_study_doc(out: Path, doc: dict[str, Any]) -> None:
         norm = json.loads(json.dumps({**doc, "run": {k: v for k, v in doc["run"].items() if k not in RESULT_NEUTRAL}},
                                      default=str))
         old = json.loads(json.dumps(old, default=str))
+        if "fixed" in norm and "fixed" not in old:
+            old["fixed"] = norm["fixed"]  # a study saved before the settings were recorded
+        if "fixed" in norm and old["fixed"] != norm["fixed"]:
+            changed = sorted(k for k in set(old["fixed"]) | set(norm["fixed"])
+                             if old["fixed"].get(k) != norm["fixed"].get(k))
+            raise DetoxEditError(
+                f"{out} holds a study whose unsearched method settings differ from these: "
+                + ", ".join(f"{k} {old['fixed'].get(k)!r} there, {norm['fixed'].get(k)!r} now" for k in changed)
+                + " (has the method's config changed?); give the study's values with --method-config or --hparam "
+                "(tune.yaml, 'fixed'), or use another --out directory")
         diff = sorted(k for k in norm if old.get(k) != norm[k])
         if diff:
             raise DetoxEditError(f"{out} holds a study with other settings ({', '.join(diff)}); use another --out "
@@ -238,7 +262,7 @@ def run_tune(cfg: RunConfig, targets: Targets, opts: TuneOptions, out_dir: str |
     ccfg = confirm_config(cfg, opts.confirm_per_category) if opts.confirm_per_category is not None else None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_study_doc(out, study_doc(cfg, targets, opts, space))
+    save_study_doc(out, study_doc(cfg, targets, opts, space, fixed_settings(base, space)))
 
     def load():
         from detoxedit.judges import get_judge
