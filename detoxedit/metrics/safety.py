@@ -109,8 +109,10 @@ def _draw(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(n_resamples, n))
 
 
-def _draw_clusters(clusters: Sequence[Hashable] | None, n: int, n_resamples: int, seed: int) -> tuple[np.ndarray, int]:
-    """``(idx, n_groups)``: ``[n_resamples, m]`` case indices of a bootstrap that draws whole clusters.
+def _draw_clusters(clusters: Sequence[Hashable] | None, n: int, n_resamples: int,
+                   seed: int) -> tuple[np.ndarray, int | None]:
+    """``(idx, n_clusters)``: ``[n_resamples, m]`` case indices of a bootstrap that draws whole clusters,
+    and the number of clusters, or None when every case is its own (the case-level bootstrap).
 
     ``clusters[i]`` is case i's cluster key (None: every case its own cluster). Each resample draws as
     many clusters as there are, with replacement, and takes every case of each; resamples are padded to
@@ -118,20 +120,17 @@ def _draw_clusters(clusters: Sequence[Hashable] | None, n: int, n_resamples: int
     clusters are numbered in order of first appearance, so with one case per cluster the draw is
     ``_draw(n, ...)`` itself.
     """
-    if clusters is None:
-        return _draw(n, n_resamples, seed), n
-    if len(clusters) != n:
+    if clusters is not None and len(clusters) != n:
         raise DetoxEditError(f"{n} cases but {len(clusters)} cluster keys")
     order: dict[Hashable, list[int]] = {}
-    for i, key in enumerate(clusters):
+    for i, key in enumerate(clusters if clusters is not None else range(n)):
         order.setdefault(key, []).append(i)
     groups = list(order.values())
     picks = _draw(len(groups), n_resamples, seed)
-    if len(groups) == n:
-        return np.asarray([g[0] for g in groups])[picks], n
+    if len(groups) == n:  # cluster k is case k
+        return picks, None
     sizes = np.asarray([len(g) for g in groups])
-    width = int(sizes[picks].sum(axis=1).max())
-    idx = np.full((n_resamples, width), n, dtype=int)
+    idx = np.full((n_resamples, int(sizes[picks].sum(axis=1).max())), n, dtype=int)
     for b in range(n_resamples):
         rows = np.concatenate([groups[g] for g in picks[b]])
         idx[b, :rows.size] = rows
@@ -217,7 +216,7 @@ def metric_table(cases: Sequence[LabelCase], n_resamples: int = 1000, alpha: flo
     point = _metrics_of_resamples(mat, np.arange(len(cases))[None, :])[0]
     idx, groups = _draw_clusters(clusters, len(cases), n_resamples, seed)
     boot = _metrics_of_resamples(_with_blank(mat), idx)
-    return _entries(point, boot, _counts(mat), alpha, groups if groups < len(cases) else None)
+    return _entries(point, boot, _counts(mat), alpha, groups)
 
 
 def _entries(point: np.ndarray, boot: np.ndarray, counts: dict[str, int], alpha: float,
@@ -233,10 +232,11 @@ def _entries(point: np.ndarray, boot: np.ndarray, counts: dict[str, int], alpha:
     return out
 
 
-def _group(cases: Sequence[LabelCase], categories: Sequence[str]) -> dict[str, list[LabelCase]]:
+def _group(cases: Sequence, categories: Sequence[str]) -> dict[str, list]:
+    """``cases`` (labels, or case indices) by category, categories sorted."""
     if len(categories) != len(cases):
         raise DetoxEditError(f"{len(cases)} cases but {len(categories)} categories")
-    groups: dict[str, list[LabelCase]] = {}
+    groups: dict[str, list] = {}
     for case, cat in zip(cases, categories):
         groups.setdefault(cat, []).append(case)
     return dict(sorted(groups.items()))
@@ -255,14 +255,11 @@ def by_category_ci(cases: Sequence[LabelCase], categories: Sequence[str], n_resa
                    alpha: float = 0.05, seed: int = 0,
                    clusters: Sequence[Hashable] | None = None) -> dict[str, dict[str, CIEntry]]:
     """``metric_table`` of each category's cases (bootstrap within the category, by ``clusters`` if given)."""
-    if clusters is None:
-        return {cat: metric_table(group, n_resamples, alpha, seed)
-                for cat, group in _group(cases, categories).items()}
-    if len(clusters) != len(cases):
+    if clusters is not None and len(clusters) != len(cases):
         raise DetoxEditError(f"{len(cases)} cases but {len(clusters)} cluster keys")
-    keyed = _group([{"case": c, "key": k} for c, k in zip(cases, clusters)], categories)
-    return {cat: metric_table([g["case"] for g in group], n_resamples, alpha, seed, [g["key"] for g in group])
-            for cat, group in keyed.items()}
+    return {cat: metric_table([cases[i] for i in idx], n_resamples, alpha, seed,
+                              None if clusters is None else [clusters[i] for i in idx])
+            for cat, idx in _group(list(range(len(cases))), categories).items()}
 
 
 def paired_difference(vanilla: Sequence[LabelCase], edited: Sequence[LabelCase], n_resamples: int = 1000,
@@ -289,7 +286,7 @@ def paired_difference(vanilla: Sequence[LabelCase], edited: Sequence[LabelCase],
     point = _metrics_of_resamples(post, every)[0] - _metrics_of_resamples(pre, every)[0]
     idx, groups = _draw_clusters(clusters, len(edited), n_resamples, seed)
     boot = _metrics_of_resamples(_with_blank(post), idx) - _metrics_of_resamples(_with_blank(pre), idx)
-    return _entries(point, boot, _counts(post), alpha, groups if groups < len(edited) else None)
+    return _entries(point, boot, _counts(post), alpha, groups)
 
 
 metric_ci = metric_table
