@@ -20,7 +20,7 @@ import numpy as np
 
 def main(argv: list[str]) -> int:
     from detoxedit.bench.compare import shared_cases, side_labels
-    from detoxedit.bench.human import read_human, with_human
+    from detoxedit.bench.human import read_human, reading_queue, with_human
     from detoxedit.bench.records import read_run_records
     from detoxedit.bench.report import question_keys
     from detoxedit.metrics.safety import INPUT_KEYS, label_matrix, paired_difference
@@ -30,14 +30,15 @@ def main(argv: list[str]) -> int:
         return 2
     a, b = argv
 
-    def records(run: str) -> list[dict]:
-        out = read_run_records(run)
-        return out[0] if isinstance(out, tuple) else out
-
-    firsts, shared = shared_cases(records(a), records(b))
+    firsts, shared = shared_cases(read_run_records(a), read_run_records(b))
+    human_a, human_b = read_human(a), read_human(b)
+    for run, recs, human in ((a, firsts, human_a), (b, shared, human_b)):
+        if reading_queue(recs, "default", ("edited",), human):  # as compare's read_change: no mixed readers
+            print(f"{run}: some edited answers of the shared cases are unread (detoxedit label)", file=sys.stderr)
+            return 1
     clusters = question_keys(shared)
     dg = [i for i, k in enumerate(INPUT_KEYS) if k != "DS"]
-    views = {"read": (with_human(firsts, "default", read_human(a)), with_human(shared, "default", read_human(b))),
+    views = {"read": (with_human(firsts, "default", human_a), with_human(shared, "default", human_b)),
              "judge": (firsts, shared)}
     for name, (x, y) in views.items():
         la, lb = side_labels(x, "default", "edited"), side_labels(y, "default", "edited")
