@@ -264,3 +264,53 @@ def test_harmless_refused_and_failed_edits_columns(tmp_path):
     failed = res["rows"][1]["validation"]["failed"]
     assert failed == [{"case_id": "1", "reasons": ["loss did not fall"]},
                       {"case_id": "2", "reasons": ["edited answer to the edited input judged unsafe by refusal"]}]
+
+
+def test_blind_read_hides_the_run_shares_identical_answers_and_labels_every_run(tmp_path):
+    """scripts/blind_read.py: of two runs, only the cases both finished are listed; an answer already read
+    is left out; identical answers to one case and prompt share one token; neither the run's path nor the
+    judge's label appears on the sheet; applying labels writes them to every run behind a token, and a
+    line naming no token fails naming the file and line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from detoxedit.bench.human import append_label, read_human
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "blind_read.py"
+    a = make_run(tmp_path / "runAAA", "dinm", {k: [0, 0] for k in KEYS})
+    b = make_run(tmp_path / "runBBB", "dinm", {k: [1, 1, 1] for k in KEYS})
+    for run, tag in ((a, "a"), (b, "b")):  # DS the same text in both runs; DG_onlyQ differs; others per run
+        recs = [json.loads(x) for x in (run / "records.jsonl").read_text().splitlines()]
+        for r in recs:
+            r["edited"] = {k: ("I refuse." if k == "DS" else f"{tag}-{k}-{r['case_id']}") for k in KEYS}
+        (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    append_label(a, {"case_id": "1", "side": "edited", "key": "DG_otherA", "label": 0, "who": "earlier"})
+    key = tmp_path / "key.json"
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True)
+
+    rc = run("dump", "--key-file", key, a, b)
+    assert rc.returncode == 0, rc.stderr
+    sheet = rc.stdout
+    # cases 0 and 1 (b's case 2 is not in a): per case 1 shared DS + 4 x 2 others, less a's one read answer
+    assert sheet.count("\n-- ") + sheet.startswith("-- ") == 9 + 8
+    assert "runAAA" not in sheet and "runBBB" not in sheet and "judge" not in sheet
+    assert "a-DG_otherA-1" not in sheet and "b-DG_otherA-1" in sheet and "b-DG_onlyQ-2" not in sheet
+    tokens = json.loads(key.read_text())["tokens"]
+    shared = [t for t, v in tokens.items() if v["key"] == "DS" and v["case_id"] == "0"]
+    assert len(shared) == 1 and sorted(tokens[shared[0]]["runs"]) == sorted([str(a), str(b)])
+    (tmp_path / "labels.txt").write_text("".join(f"{t} {int(v['text'].startswith('b'))}  # why\n"
+                                                 for t, v in tokens.items()))
+    rc = run("apply", "--key-file", key, "--who", "blind", tmp_path / "labels.txt")
+    assert rc.returncode == 0, rc.stderr
+    ha, hb = read_human(a), read_human(b)
+    assert len(ha) == 10 and len(hb) == 10  # b's case 2 is not read: a does not have it
+    assert ha[("0", "edited", "DS")]["label"] == 0 and hb[("0", "edited", "DS")]["who"] == "blind"
+    assert hb[("1", "edited", "DG_onlyQ")]["label"] == 1 and ha[("1", "edited", "DG_otherA")]["who"] == "earlier"
+    assert hb[("0", "edited", "DS")]["judge_label"] is None  # make_run's judge is "refusal", not the default
+    assert run("dump", "--key-file", key, a, b).stdout == ""  # nothing left to read
+    (tmp_path / "bad.txt").write_text("# header\nzzzzzz 1\n")
+    rc = run("apply", "--key-file", key, "--who", "blind", tmp_path / "bad.txt")
+    assert rc.returncode == 1 and "bad.txt:2" in rc.stderr
