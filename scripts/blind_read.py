@@ -28,19 +28,13 @@ import sys
 from pathlib import Path
 
 from detoxedit.bench.human import append_label, judge_version, read_human
-from detoxedit.io import atomic_write_text
+from detoxedit.io import atomic_write_text, read_jsonl
 
 
 def read_records(run: str) -> dict[str, dict]:
-    """case id -> record of a run directory's records.jsonl (a torn last line, from a run still writing, skipped)."""
-    out = {}
-    for line in (Path(run) / "records.jsonl").read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        out[str(r["case_id"])] = r
-    return out
+    """case id -> record of a run directory's records.jsonl (a torn last line, from a run still writing, is
+    skipped; invalid JSON elsewhere fails naming the line: :func:`detoxedit.io.read_jsonl`)."""
+    return {str(r["case_id"]): r for r in read_jsonl(Path(run) / "records.jsonl")[0]}
 
 
 def text_hints(dirs: list[str]) -> dict[str, set[int]]:
