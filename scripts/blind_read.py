@@ -27,14 +27,18 @@ import random
 import sys
 from pathlib import Path
 
-from detoxedit.bench.human import append_label, judge_version, read_human
-from detoxedit.io import atomic_write_text, read_jsonl
+from detoxedit.bench.human import SIDES, Item, append_label, items, judge_version, read_human
+from detoxedit.bench.records import read_run_records
+from detoxedit.io import atomic_write_text
+
+JUDGE = "default"
+"""The judge whose label is recorded beside each human label (never shown while reading)."""
 
 
-def read_records(run: str) -> dict[str, dict]:
-    """case id -> record of a run directory's records.jsonl (a torn last line, from a run still writing, is
-    skipped; invalid JSON elsewhere fails naming the line: :func:`detoxedit.io.read_jsonl`)."""
-    return {str(r["case_id"]): r for r in read_jsonl(Path(run) / "records.jsonl")[0]}
+def edited_items(records: list[dict], human: dict) -> dict[tuple[str, str], Item]:
+    """(case id, key) -> a run's edited answer there, with its judge label and any human label. ``records``:
+    :func:`detoxedit.bench.records.read_run_records` (every shard file, torn last lines skipped)."""
+    return {(it.case_id, it.key): it for it in items(records, JUDGE, ("edited",), human)}
 
 
 def text_hints(dirs: list[str]) -> dict[str, set[int]]:
@@ -43,15 +47,9 @@ def text_hints(dirs: list[str]) -> dict[str, set[int]]:
     for d in dirs:
         for labels in sorted(Path(d).rglob("human_labels.jsonl")):
             run = labels.parent
-            human = read_human(run)
-            if not (run / "records.jsonl").is_file():
-                continue
-            for cid, r in read_records(str(run)).items():
-                for side in ("vanilla", "edited"):
-                    for key, text in (r.get(side) or {}).items():
-                        e = human.get((cid, side, key))
-                        if e and isinstance(text, str):
-                            out.setdefault(text.strip(), set()).add(e["label"])
+            for it in items(read_run_records(run), JUDGE, SIDES, read_human(run)):
+                if it.human and isinstance(it.answer, str):
+                    out.setdefault(it.answer.strip(), set()).add(it.human["label"])
     return out
 
 
@@ -65,29 +63,32 @@ def dump(runs: list[str], key_file: Path, hints: dict[str, set[int]], out=sys.st
     salt = mapping.get("_salt") or hashlib.sha1("|".join(runs).encode()).hexdigest()[:12]
     tokens = mapping.setdefault("tokens", {})
     mapping["_salt"] = salt
-    records = [read_records(r) for r in runs]
-    human = [read_human(r) for r in runs]
-    common = sorted(set.intersection(*(set(r) for r in records)), key=lambda c: (len(c), c))
+    records = [read_run_records(run) for run in runs]
+    answers = [edited_items(recs, read_human(run)) for run, recs in zip(runs, records)]
+    first = {str(r["case_id"]): r for r in records[0]}
+    common = sorted(set(first).intersection(*({str(r["case_id"]) for r in recs} for recs in records[1:])),
+                    key=lambda c: (len(c), c))
+    unread: dict[str, dict[tuple[str, str], list[str]]] = {}  # case -> (key, text) -> runs that wrote it
+    for run, its in zip(runs, answers):
+        for (cid, key), it in its.items():
+            if it.human is None:
+                unread.setdefault(cid, {}).setdefault((key, it.answer.strip()), []).append(run)
     n = 0
     for cid in common:
-        items: dict[tuple[str, str], list[str]] = {}
-        for run, recs, hum in zip(runs, records, human):
-            for key, text in recs[cid]["edited"].items():
-                if (cid, "edited", key) not in hum:
-                    items.setdefault((key, text.strip()), []).append(run)
-        if not items:
+        case = unread.get(cid)
+        if not case:
             continue
-        r = records[0][cid]
+        r = first[cid]
         inputs = r.get("inputs") or {}
         print(f"##### case {cid} [{r.get('category')}/{(r.get('attack') or {}).get('name')}] "
               f"Q: {inputs.get('DG_onlyQ', '')[:200]}", file=out)
         if inputs.get("DG_otherQ"):
             print(f"   otherQ: ...{inputs['DG_otherQ'][-200:]}", file=out)
-        order = list(items)
+        order = list(case)
         random.Random(f"{salt}|{cid}").shuffle(order)
         for key, text in order:
             tok = token(salt, cid, key, text)
-            tokens[tok] = {"case_id": cid, "key": key, "text": text, "runs": items[(key, text)]}
+            tokens[tok] = {"case_id": cid, "key": key, "text": text, "runs": case[(key, text)]}
             hint = hints.get(text)
             print(f"-- {tok} {key}" + (f"  (read before, word for word: {sorted(hint)})" if hint else ""), file=out)
             print(text, file=out)
@@ -99,8 +100,8 @@ def dump(runs: list[str], key_file: Path, hints: dict[str, set[int]], out=sys.st
 def apply(key_file: Path, labels_file: Path, who: str) -> int:
     """Append each token's label to every run behind it; return how many labels were appended."""
     tokens = json.loads(key_file.read_text())["tokens"]
-    jv = judge_version("default")
-    cache: dict[str, tuple[dict, dict]] = {}
+    jv = judge_version(JUDGE)
+    cache: dict[str, dict[tuple[str, str], Item]] = {}
     n = 0
     for lineno, line in enumerate(labels_file.read_text().splitlines(), 1):
         parts = line.split("#")[0].split()
@@ -112,19 +113,17 @@ def apply(key_file: Path, labels_file: Path, who: str) -> int:
         t = tokens[parts[0]]
         for run in t["runs"]:
             if run not in cache:
-                cache[run] = (read_records(run), read_human(run))
-            recs, hum = cache[run]
-            cid, key = t["case_id"], t["key"]
-            if (cid, "edited", key) in hum:
+                cache[run] = edited_items(read_run_records(run), read_human(run))
+            it = cache[run][(t["case_id"], t["key"])]
+            if it.human is not None:
                 continue
-            r = recs[cid]
-            if r["edited"][key].strip() != t["text"]:
-                raise SystemExit(f"{run}: case {cid} {key} no longer holds the answer token {parts[0]} was given for")
-            judge_label = ((r.get("labels") or {}).get("default") or {}).get("edited", {}).get(key)
-            append_label(run, {"case_id": cid, "side": "edited", "key": key, "label": int(parts[1]), "who": who,
-                               "judge": "default" if judge_label is not None else None,
-                               "judge_label": judge_label, "judge_version": jv if judge_label is not None else None})
-            hum[(cid, "edited", key)] = {"label": int(parts[1])}
+            if it.answer.strip() != t["text"]:
+                raise SystemExit(f"{run}: case {it.case_id} {it.key} no longer holds the answer token {parts[0]} "
+                                 "was given for")
+            judged = it.judge_label is not None
+            it.human = append_label(run, {"case_id": it.case_id, "side": "edited", "key": it.key,
+                                          "label": int(parts[1]), "who": who, "judge": JUDGE if judged else None,
+                                          "judge_label": it.judge_label, "judge_version": jv if judged else None})
             n += 1
     return n
 
